@@ -1,0 +1,498 @@
+//! Session advisory locks, for short critical sections.
+//!
+//! ```no_run
+//! # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
+//! use std::time::Duration;
+//! let mut guard = locks
+//!     .advisory("ckpt/run-42")
+//!     .timeout(Duration::from_secs(5))
+//!     .lock()
+//!     .await?;
+//! // The guard derefs to the session that holds the lock.
+//! sqlx::query("UPDATE checkpoints SET step = 1200 WHERE run = 42")
+//!     .execute(&mut *guard)
+//!     .await?;
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! Each guard owns one session (a connection beside your pool, see
+//! [`Locks`]). `lock()` is one round trip: the server blocks in
+//! `pg_advisory_lock` under `lock_timeout`; nothing polls. `release()` is one
+//! round trip too. A guard dropped without `release()` unlocks in a spawned
+//! task right away. Whenever pglock cannot be sure what a session holds — a
+//! cancelled `lock()`, an error or a timeout from the lock statement (the
+//! server can report `55P03` after granting), a failed unlock — it closes
+//! that session instead of reusing it, and the server drops the session's
+//! locks; a session waiting for a lock notices its client is gone within
+//! 250 ms (`client_connection_check_interval`, PostgreSQL 14+). No session
+//! goes back for reuse holding a lock.
+//!
+//! # Transaction-mode poolers
+//!
+//! Session locks need a session: behind PgBouncer in `pool_mode=transaction`
+//! they are not safe. Use [`Advisory::lock_xact`] there, which holds the lock
+//! until the end of your transaction.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres, Row};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::error::{sqlstate, Error, Result, LOCK_NOT_AVAILABLE};
+use crate::key::AdvisoryKey;
+use crate::{sql, Locks};
+
+/// How often [`AdvisoryGuard::lost`] checks that the session still holds the
+/// lock.
+const LOST_POLL: Duration = Duration::from_millis(500);
+
+/// Longest accepted timeout: PostgreSQL's `lock_timeout` is an `int` of
+/// milliseconds.
+const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// A request for an advisory lock; see [`Locks::advisory`].
+#[derive(Debug, Clone)]
+#[must_use = "an Advisory does nothing until lock() or try_lock() is called"]
+pub struct Advisory {
+    locks: Locks,
+    key: AdvisoryKey,
+    shared: bool,
+    timeout: Option<Duration>,
+}
+
+impl Advisory {
+    pub(crate) fn new(locks: Locks, key: AdvisoryKey) -> Self {
+        Advisory { locks, key, shared: false, timeout: None }
+    }
+
+    /// Take the lock in shared mode: shared holders exclude only exclusive
+    /// ones.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Give up with [`Error::Timeout`] after `timeout` (counted from the
+    /// call, including the wait for a free session). Must be above zero and
+    /// at most 24 days.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.key.validate()?;
+        if let Some(t) = self.timeout {
+            if t.is_zero() {
+                return Err(Error::invalid("timeout", "must be above zero"));
+            }
+            if t > MAX_TIMEOUT {
+                return Err(Error::invalid(
+                    "timeout",
+                    format!("must be at most {MAX_TIMEOUT:?} (lock_timeout's limit), got {t:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn what(&self) -> String {
+        let mode = if self.shared { "shared advisory lock" } else { "advisory lock" };
+        format!("{mode} {}", self.key)
+    }
+
+    /// Waits for the lock and returns a guard holding it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped at any point, nothing stays
+    /// held. A session that had already sent the lock request is closed, and
+    /// the server drops whatever it held or was about to be granted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when a [`timeout`](Self::timeout) was set and ran
+    /// out; [`Error::InvalidInput`] for a bad key or timeout (before any SQL
+    /// runs); [`Error::Database`] when the server or the connection fails.
+    pub async fn lock(self) -> Result<AdvisoryGuard> {
+        self.validate()?;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let (permit, conn) = self.session(deadline).await?;
+        let mut armed = Armed(Some(conn));
+        let lock_timeout = match deadline {
+            None => "0".to_owned(),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // 0 would mean "no timeout": round up to the first millisecond.
+                format!("{}ms", left.as_millis().max(1))
+            }
+        };
+        let (k, text) = self.key.binds();
+        let stmt = if self.shared { sql::ADVISORY_LOCK_SHARED } else { sql::ADVISORY_LOCK };
+        let row = sqlx::query(stmt)
+            .bind(k)
+            .bind(text)
+            .bind(lock_timeout)
+            .fetch_one(&mut **armed.conn())
+            .await;
+        match row {
+            Ok(row) => {
+                let pid: i32 = row.try_get(0)?;
+                Ok(self.guard(armed.disarm(), permit, pid))
+            }
+            // `armed` closes the session: after an error we cannot be sure
+            // the lock was not granted.
+            Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => Err(Error::Timeout {
+                what: self.what(),
+                waited: self.timeout.unwrap_or_default(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the lock if it is free right now; `Ok(None)` if it is held.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`lock`](Self::lock).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad key; [`Error::Database`] when the
+    /// server or the connection fails. Contention is not an error.
+    pub async fn try_lock(self) -> Result<Option<AdvisoryGuard>> {
+        self.validate()?;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let (permit, conn) = self.session(deadline).await?;
+        let mut armed = Armed(Some(conn));
+        let (k, text) = self.key.binds();
+        let stmt = if self.shared { sql::ADVISORY_TRY_LOCK_SHARED } else { sql::ADVISORY_TRY_LOCK };
+        let row = sqlx::query(stmt).bind(k).bind(text).fetch_one(&mut **armed.conn()).await?;
+        let pid: i32 = row.try_get(0)?;
+        if row.try_get::<bool, _>(1)? {
+            Ok(Some(self.guard(armed.disarm(), permit, pid)))
+        } else {
+            // Nothing held: the session goes back for reuse.
+            drop(armed.disarm());
+            Ok(None)
+        }
+    }
+
+    /// Takes the lock for the rest of the transaction open on `conn`
+    /// (`pg_advisory_xact_lock`); it is released at commit or rollback. Works
+    /// behind transaction-mode poolers. With a [`timeout`](Self::timeout),
+    /// the transaction's `lock_timeout` is changed only during this
+    /// statement; without one, the transaction's own `lock_timeout` applies.
+    ///
+    /// Call it as `lock_xact(&mut *tx)`. A timeout aborts the transaction,
+    /// as every error inside one does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the statement running on `conn`; the
+    /// lock then ends with the transaction, which sqlx rolls back when the
+    /// transaction is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::InvalidInput`], [`Error::Database`] as
+    /// for [`lock`](Self::lock).
+    pub async fn lock_xact(&self, conn: &mut PgConnection) -> Result<()> {
+        self.validate()?;
+        let (k, text) = self.key.binds();
+        let result = match self.timeout {
+            None => {
+                let stmt = if self.shared {
+                    sql::ADVISORY_XACT_LOCK_SHARED
+                } else {
+                    sql::ADVISORY_XACT_LOCK
+                };
+                sqlx::query(stmt).bind(k).bind(text).execute(conn).await
+            }
+            Some(t) => {
+                let stmt = if self.shared {
+                    sql::ADVISORY_XACT_LOCK_SHARED_TIMED
+                } else {
+                    sql::ADVISORY_XACT_LOCK_TIMED
+                };
+                sqlx::query(stmt)
+                    .bind(k)
+                    .bind(text)
+                    .bind(format!("{}ms", t.as_millis().max(1)))
+                    .execute(conn)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => Err(Error::Timeout {
+                what: self.what(),
+                waited: self.timeout.unwrap_or_default(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the transaction lock if it is free right now; `Ok(false)` if
+    /// it is held.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock_xact`](Self::lock_xact).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad key; [`Error::Database`] when the
+    /// server or the connection fails.
+    pub async fn try_lock_xact(&self, conn: &mut PgConnection) -> Result<bool> {
+        self.validate()?;
+        let (k, text) = self.key.binds();
+        let stmt = if self.shared {
+            sql::ADVISORY_XACT_TRY_LOCK_SHARED
+        } else {
+            sql::ADVISORY_XACT_TRY_LOCK
+        };
+        Ok(sqlx::query_scalar(stmt).bind(k).bind(text).fetch_one(conn).await?)
+    }
+
+    /// A free session: a permit (bounds held sessions) and a connection.
+    async fn session(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(OwnedSemaphorePermit, PoolConnection<Postgres>)> {
+        let inner = &self.locks.inner;
+        let get = async {
+            let permit = inner
+                .session_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the session semaphore is never closed");
+            let conn = inner.sessions.acquire().await?;
+            Ok::<_, Error>((permit, conn))
+        };
+        match deadline {
+            None => get.await,
+            Some(d) => tokio::time::timeout_at(d, get).await.unwrap_or_else(|_| {
+                Err(Error::Timeout { what: self.what(), waited: self.timeout.unwrap_or_default() })
+            }),
+        }
+    }
+
+    fn guard(
+        &self,
+        conn: PoolConnection<Postgres>,
+        permit: OwnedSemaphorePermit,
+        pid: i32,
+    ) -> AdvisoryGuard {
+        tracing::debug!(key = %self.key, shared = self.shared, pid, "advisory lock acquired");
+        AdvisoryGuard {
+            conn: Some(conn),
+            permit: Some(permit),
+            locks: self.locks.clone(),
+            key: self.key.clone(),
+            shared: self.shared,
+            pid,
+        }
+    }
+}
+
+/// A session whose state is unknown until disarmed: dropped armed, it is
+/// closed rather than reused, and the server releases what it held.
+struct Armed(Option<PoolConnection<Postgres>>);
+
+impl Armed {
+    fn conn(&mut self) -> &mut PoolConnection<Postgres> {
+        self.0.as_mut().expect("armed session present until disarmed")
+    }
+
+    fn disarm(mut self) -> PoolConnection<Postgres> {
+        self.0.take().expect("armed session present until disarmed")
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Closes a session for good, so the server ends it and drops its locks.
+fn close(mut conn: PoolConnection<Postgres>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        conn.close_on_drop();
+        drop(conn);
+    } else {
+        // No runtime to close gracefully: dropping the raw connection closes
+        // its socket, which ends the session just the same.
+        drop(conn.detach());
+    }
+}
+
+/// A held advisory lock. Derefs to the session ([`PgConnection`]) that holds
+/// it, for work inside the critical section.
+///
+/// Dropping the guard releases the lock at once, in a spawned task; call
+/// [`release`](Self::release) to release it and learn whether it was still
+/// held.
+#[must_use = "dropping the guard releases the lock"]
+pub struct AdvisoryGuard {
+    conn: Option<PoolConnection<Postgres>>,
+    permit: Option<OwnedSemaphorePermit>,
+    locks: Locks,
+    key: AdvisoryKey,
+    shared: bool,
+    pid: i32,
+}
+
+impl fmt::Debug for AdvisoryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdvisoryGuard")
+            .field("key", &self.key)
+            .field("shared", &self.shared)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdvisoryGuard {
+    /// The key this guard holds.
+    pub fn key(&self) -> &AdvisoryKey {
+        &self.key
+    }
+
+    /// Whether the lock is held in shared mode.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The server process id of the session holding the lock (as in
+    /// `pg_locks.pid`).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Releases the lock now and returns the session for reuse.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] if the session no longer held the lock (it died,
+    /// or somebody unlocked it on the session); [`Error::Database`] if the
+    /// server refused the unlock. Either way nothing stays held: the session
+    /// is closed unless the unlock succeeded.
+    pub async fn release(mut self) -> Result<()> {
+        let conn = self.conn.take().expect("guard holds its session until released");
+        let permit = self.permit.take();
+        let result = unlock(conn, &self.key, self.shared).await;
+        drop(permit);
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost_error()),
+            Err(e) if e.as_database_error().is_some() => Err(e.into()),
+            // The connection failed: the session, and its lock, are gone.
+            Err(_) => Err(self.lost_error()),
+        }
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost { key: self.key.to_string(), pid: self.pid }
+    }
+
+    /// Resolves when the session that holds the lock has died (terminated
+    /// backend, server restart, network failure) or no longer holds the
+    /// lock. It checks `pg_locks` through your pool twice a second, and also
+    /// resolves after two checks in a row cannot reach the server.
+    ///
+    /// Typical use: run the critical section in a `select!` against
+    /// `lost()`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn lost(&self) {
+        let (k, text) = self.key.binds();
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(LOST_POLL).await;
+            let held = sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
+                .bind(k)
+                .bind(text)
+                .bind(self.pid)
+                .fetch_one(&self.locks.inner.pool)
+                .await;
+            match held {
+                Ok(true) => failures = 0,
+                Ok(false) => break,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(key = %self.key, error = %e, "cannot check advisory lock");
+                    if failures >= 2 {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!(key = %self.key, pid = self.pid, "advisory lock lost");
+    }
+}
+
+async fn unlock(
+    mut conn: PoolConnection<Postgres>,
+    key: &AdvisoryKey,
+    shared: bool,
+) -> std::result::Result<bool, sqlx::Error> {
+    let (k, text) = key.binds();
+    let stmt = if shared { sql::ADVISORY_UNLOCK_SHARED } else { sql::ADVISORY_UNLOCK };
+    let result = sqlx::query_scalar::<_, bool>(stmt).bind(k).bind(text).fetch_one(&mut *conn).await;
+    if !matches!(result, Ok(true)) {
+        close(conn);
+    }
+    result
+}
+
+impl Deref for AdvisoryGuard {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("guard holds its session until released")
+    }
+}
+
+impl DerefMut for AdvisoryGuard {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("guard holds its session until released")
+    }
+}
+
+impl Drop for AdvisoryGuard {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let permit = self.permit.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                // Armed until the unlock succeeds: if the task never runs
+                // (runtime shutting down) the session is closed, not reused.
+                let armed = Armed(Some(conn));
+                let key = self.key.clone();
+                let shared = self.shared;
+                rt.spawn(async move {
+                    let conn = armed.disarm();
+                    if let Err(e) = unlock(conn, &key, shared).await {
+                        tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => close(conn),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Shared test setup: a real PostgreSQL (see `cluster.rs`) and a fresh schema
+//! per test, so tests run in parallel without touching each other.
+#![allow(dead_code)]
+
+pub mod cluster;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// A test's own schema on the shared server, migrated.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub locks: pglock::Locks,
+    pub schema: String,
+}
+
+impl TestDb {
+    /// Another handle on the same schema, as a second process would have.
+    pub fn other(&self, holder: &str) -> pglock::Locks {
+        pglock::Locks::builder(self.pool.clone())
+            .schema(self.schema.clone())
+            .holder(holder)
+            .build()
+            .unwrap()
+    }
+}
+
+pub async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&cluster::shared_url())
+        .await
+        .expect("connect to the test database")
+}
+
+/// A fresh schema, migrated, and a `Locks` on it.
+pub async fn db() -> TestDb {
+    let pool = pool().await;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let locks = pglock::Locks::builder(pool.clone())
+        .schema(schema.clone())
+        .holder("test")
+        .build()
+        .unwrap();
+    locks.migrate().await.expect("migrate");
+    TestDb { pool, locks, schema }
+}
+
+/// Advisory locks on `key` (granted or waiting) as `pg_locks` shows them:
+/// (pid, granted, mode).
+pub async fn advisory_rows(pool: &PgPool, key: i64) -> Vec<(i32, bool, String)> {
+    sqlx::query_as(
+        "SELECT pid, granted, mode FROM pg_locks WHERE locktype = 'advisory' \
+         AND objsubid = 1 AND ((classid::int8 << 32) | objid::int8) = $1",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+pub async fn text_key(pool: &PgPool, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT hashtextextended($1, 0)")
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until `pg_locks` shows nothing for `key`; panics after `secs`.
+/// Sessions pglock closes end asynchronously on the server, so "nothing
+/// held" is a state to reach, bounded in time.
+pub async fn assert_released(pool: &PgPool, key: i64, secs: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let rows = advisory_rows(pool, key).await;
+        if rows.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "advisory key {key} still in pg_locks after {secs}s: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
