@@ -45,9 +45,9 @@ use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::error::{sqlstate, Error, Result, LOCK_NOT_AVAILABLE};
+use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
 use crate::key::AdvisoryKey;
-use crate::{sql, Locks};
+use crate::{Locks, sql};
 
 /// How often [`AdvisoryGuard::lost`] checks that the session still holds the
 /// lock.
@@ -69,7 +69,12 @@ pub struct Advisory {
 
 impl Advisory {
     pub(crate) fn new(locks: Locks, key: AdvisoryKey) -> Self {
-        Advisory { locks, key, shared: false, timeout: None }
+        Advisory {
+            locks,
+            key,
+            shared: false,
+            timeout: None,
+        }
     }
 
     /// Take the lock in shared mode: shared holders exclude only exclusive
@@ -104,7 +109,11 @@ impl Advisory {
     }
 
     fn what(&self) -> String {
-        let mode = if self.shared { "shared advisory lock" } else { "advisory lock" };
+        let mode = if self.shared {
+            "shared advisory lock"
+        } else {
+            "advisory lock"
+        };
         format!("{mode} {}", self.key)
     }
 
@@ -135,7 +144,11 @@ impl Advisory {
             }
         };
         let (k, text) = self.key.binds();
-        let stmt = if self.shared { sql::ADVISORY_LOCK_SHARED } else { sql::ADVISORY_LOCK };
+        let stmt = if self.shared {
+            sql::ADVISORY_LOCK_SHARED
+        } else {
+            sql::ADVISORY_LOCK
+        };
         let row = sqlx::query(stmt)
             .bind(k)
             .bind(text)
@@ -173,8 +186,16 @@ impl Advisory {
         let (permit, conn) = self.session(deadline).await?;
         let mut armed = Armed(Some(conn));
         let (k, text) = self.key.binds();
-        let stmt = if self.shared { sql::ADVISORY_TRY_LOCK_SHARED } else { sql::ADVISORY_TRY_LOCK };
-        let row = sqlx::query(stmt).bind(k).bind(text).fetch_one(&mut **armed.conn()).await?;
+        let stmt = if self.shared {
+            sql::ADVISORY_TRY_LOCK_SHARED
+        } else {
+            sql::ADVISORY_TRY_LOCK
+        };
+        let row = sqlx::query(stmt)
+            .bind(k)
+            .bind(text)
+            .fetch_one(&mut **armed.conn())
+            .await?;
         let pid: i32 = row.try_get(0)?;
         if row.try_get::<bool, _>(1)? {
             Ok(Some(self.guard(armed.disarm(), permit, pid)))
@@ -259,7 +280,11 @@ impl Advisory {
         } else {
             sql::ADVISORY_XACT_TRY_LOCK
         };
-        Ok(sqlx::query_scalar(stmt).bind(k).bind(text).fetch_one(conn).await?)
+        Ok(sqlx::query_scalar(stmt)
+            .bind(k)
+            .bind(text)
+            .fetch_one(conn)
+            .await?)
     }
 
     /// A free session: a permit (bounds held sessions) and a connection.
@@ -281,7 +306,10 @@ impl Advisory {
         match deadline {
             None => get.await,
             Some(d) => tokio::time::timeout_at(d, get).await.unwrap_or_else(|_| {
-                Err(Error::Timeout { what: self.what(), waited: self.timeout.unwrap_or_default() })
+                Err(Error::Timeout {
+                    what: self.what(),
+                    waited: self.timeout.unwrap_or_default(),
+                })
             }),
         }
     }
@@ -310,7 +338,9 @@ struct Armed(Option<PoolConnection<Postgres>>);
 
 impl Armed {
     fn conn(&mut self) -> &mut PoolConnection<Postgres> {
-        self.0.as_mut().expect("armed session present until disarmed")
+        self.0
+            .as_mut()
+            .expect("armed session present until disarmed")
     }
 
     fn disarm(mut self) -> PoolConnection<Postgres> {
@@ -390,7 +420,10 @@ impl AdvisoryGuard {
     /// server refused the unlock. Either way nothing stays held: the session
     /// is closed unless the unlock succeeded.
     pub async fn release(mut self) -> Result<()> {
-        let conn = self.conn.take().expect("guard holds its session until released");
+        let conn = self
+            .conn
+            .take()
+            .expect("guard holds its session until released");
         let permit = self.permit.take();
         let result = unlock(conn, &self.key, self.shared).await;
         drop(permit);
@@ -404,7 +437,10 @@ impl AdvisoryGuard {
     }
 
     fn lost_error(&self) -> Error {
-        Error::LockLost { key: self.key.to_string(), pid: self.pid }
+        Error::LockLost {
+            key: self.key.to_string(),
+            pid: self.pid,
+        }
     }
 
     /// Resolves when the session that holds the lock has died (terminated
@@ -451,8 +487,16 @@ async fn unlock(
     shared: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     let (k, text) = key.binds();
-    let stmt = if shared { sql::ADVISORY_UNLOCK_SHARED } else { sql::ADVISORY_UNLOCK };
-    let result = sqlx::query_scalar::<_, bool>(stmt).bind(k).bind(text).fetch_one(&mut *conn).await;
+    let stmt = if shared {
+        sql::ADVISORY_UNLOCK_SHARED
+    } else {
+        sql::ADVISORY_UNLOCK
+    };
+    let result = sqlx::query_scalar::<_, bool>(stmt)
+        .bind(k)
+        .bind(text)
+        .fetch_one(&mut *conn)
+        .await;
     if !matches!(result, Ok(true)) {
         close(conn);
     }
@@ -463,13 +507,17 @@ impl Deref for AdvisoryGuard {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        self.conn.as_ref().expect("guard holds its session until released")
+        self.conn
+            .as_ref()
+            .expect("guard holds its session until released")
     }
 }
 
 impl DerefMut for AdvisoryGuard {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect("guard holds its session until released")
+        self.conn
+            .as_mut()
+            .expect("guard holds its session until released")
     }
 }
 

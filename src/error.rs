@@ -68,14 +68,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
-        Error::InvalidInput { field, rule: rule.into() }
+        Error::InvalidInput {
+            field,
+            rule: rule.into(),
+        }
     }
 
-    /// The SQLSTATE of a database error, if this is one.
-    pub(crate) fn sqlstate(&self) -> Option<String> {
-        match self {
-            Error::Database(e) => sqlstate(e),
-            _ => None,
+    /// Turns a driver error into [`Error::NotMigrated`] when the schema's
+    /// objects are missing, and [`Error::Database`] otherwise.
+    pub(crate) fn from_db(e: sqlx::Error, schema: &str) -> Self {
+        match sqlstate(&e).as_deref() {
+            Some(UNDEFINED_TABLE | INVALID_SCHEMA | UNDEFINED_FUNCTION) => Error::NotMigrated {
+                schema: schema.to_owned(),
+            },
+            _ => Error::Database(e),
         }
     }
 }
@@ -91,3 +97,6 @@ pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// `42P01 undefined_table` / `3F000 invalid_schema_name`: not migrated.
 pub(crate) const UNDEFINED_TABLE: &str = "42P01";
 pub(crate) const INVALID_SCHEMA: &str = "3F000";
+pub(crate) const UNDEFINED_FUNCTION: &str = "42883";
+/// Raised by `<schema>.fence(name, token)` when the token does not hold the lease.
+pub(crate) const FENCE_FAILED: &str = "PGL01";

@@ -133,7 +133,10 @@ pub(crate) fn quote_schema(schema: &str) -> Result<String> {
         ));
     }
     if schema.starts_with("pg_") {
-        return Err(Error::invalid(FIELD, format!("{schema:?} must not start with \"pg_\"")));
+        return Err(Error::invalid(
+            FIELD,
+            format!("{schema:?} must not start with \"pg_\""),
+        ));
     }
     // The rules above leave nothing to escape; quoting keeps the case.
     Ok(format!("\"{schema}\""))
@@ -147,9 +150,24 @@ mod tests {
     fn schema_rules() {
         assert_eq!(quote_schema("jobs_locks").unwrap(), "\"jobs_locks\"");
         assert_eq!(quote_schema("Jobs$1").unwrap(), "\"Jobs$1\"");
-        for bad in ["", "1abc", "a b", "a\"b", "a;drop", "pg_x", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "1abc",
+            "a b",
+            "a\"b",
+            "a;drop",
+            "pg_x",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(
-                matches!(quote_schema(bad), Err(Error::InvalidInput { field: "schema", .. })),
+                matches!(
+                    quote_schema(bad),
+                    Err(Error::InvalidInput {
+                        field: "schema",
+                        ..
+                    })
+                ),
                 "{bad:?} accepted"
             );
         }

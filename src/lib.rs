@@ -4,13 +4,19 @@
 
 mod advisory;
 mod error;
+mod keepalive;
 mod key;
+mod lease;
 mod locks;
 mod migrate;
 mod sql;
+mod wait;
 
 pub use advisory::{Advisory, AdvisoryGuard};
 pub use error::{Error, Result};
 pub use key::{AdvisoryKey, MAX_NAME_BYTES};
-pub use locks::{Locks, LocksBuilder, DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA};
-pub use migrate::{latest_version, MIGRATIONS_TABLE};
+pub use lease::{
+    DEFAULT_TTL, Lease, LeaseInfo, LeaseRef, LeaseRequest, MAX_DATA_BYTES, MAX_TTL, MIN_TTL,
+};
+pub use locks::{DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, Locks, LocksBuilder};
+pub use migrate::{MIGRATIONS_TABLE, latest_version};

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Executor;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::Semaphore;
 
 use crate::advisory::Advisory;
 use crate::error::{Error, Result};
-use crate::key::{quote_schema, AdvisoryKey};
+use crate::key::{AdvisoryKey, quote_schema};
 
 /// Default schema of pglock's tables and functions.
 pub const DEFAULT_SCHEMA: &str = "pglock";
@@ -45,13 +45,21 @@ pub(crate) struct Inner {
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) holder: String,
+    /// Every statement on pglock's tables, with the schema filled in.
+    pub(crate) sql: crate::sql::Statements,
+    /// The shared LISTEN connection.
+    pub(crate) hub: crate::wait::Hub,
+    /// The background renewal task.
+    pub(crate) keepalive: crate::keepalive::KeepAlive,
 }
 
 impl Locks {
     /// A handle on `pool` with the default schema (`pglock`) and holder label
     /// (`hostname:pid`).
     pub fn new(pool: PgPool) -> Locks {
-        Locks::builder(pool).build().expect("the default options are valid")
+        Locks::builder(pool)
+            .build()
+            .expect("the default options are valid")
     }
 
     /// A builder to set the schema, the holder label and limits.
@@ -183,7 +191,8 @@ impl LocksBuilder {
                     // future closes its socket) ends within 250 ms even while
                     // it waits for a lock, and so releases everything.
                     if conn.server_version_num().unwrap_or(0) >= 140_000 {
-                        conn.execute("SET client_connection_check_interval = 250").await?;
+                        conn.execute("SET client_connection_check_interval = 250")
+                            .await?;
                     }
                     Ok(())
                 })
@@ -192,6 +201,9 @@ impl LocksBuilder {
         Ok(Locks {
             inner: Arc::new(Inner {
                 pool: self.pool,
+                sql: crate::sql::Statements::new(&quoted_schema),
+                hub: crate::wait::Hub::new(self.schema.clone(), sessions.clone()),
+                keepalive: Default::default(),
                 sessions,
                 session_permits: Arc::new(Semaphore::new(self.max_sessions as usize)),
                 schema: self.schema,

@@ -73,3 +73,145 @@ pub(crate) const ADVISORY_XACT_TRY_LOCK: &str =
 /// Shared variant of [`ADVISORY_XACT_TRY_LOCK`].
 pub(crate) const ADVISORY_XACT_TRY_LOCK_SHARED: &str =
     "SELECT pg_try_advisory_xact_lock_shared(coalesce($1, hashtextextended($2, 0)))";
+
+/// The NOTIFY channel of every pglock schema on a database. Payloads are
+/// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
+/// back to sleep if there is nothing for it.
+pub(crate) const CHANNEL: &str = "pglock";
+
+/// Take a lease that is absent, released or expired, in one statement.
+///
+/// `cur` reads the row without locking it: on a held lease the statement
+/// touches no lock at all, so failed attempts never queue behind the holder
+/// (an `INSERT … ON CONFLICT DO UPDATE … WHERE expired` would lock the row
+/// even when the WHERE is false). `upd` re-checks expiry on the row it locks
+/// (a concurrent taker's committed version fails the re-check). The token
+/// comes from the global sequence at the moment the row is written. The last
+/// branch reports the current holder and how long until its expiry, by the
+/// database clock, so a waiter knows when to look again.
+const LEASE_ACQUIRE: &str = "\
+WITH cur AS (
+    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE name = $1
+), ins AS (
+    INSERT INTO {s}.leases AS l (name, token, owner, holder, acquired_at, expires_at, data)
+    SELECT $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
+           clock_timestamp() + $4 * interval '1 millisecond', $5
+     WHERE NOT EXISTS (SELECT 1 FROM cur)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING l.token, l.expires_at, l.data
+), upd AS (
+    UPDATE {s}.leases AS l
+       SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
+           acquired_at = clock_timestamp(),
+           expires_at = clock_timestamp() + $4 * interval '1 millisecond',
+           data = coalesce($5, l.data), release_requested = false,
+           updated_at = clock_timestamp()
+      FROM cur
+     WHERE l.name = $1
+       AND (cur.owner IS NULL OR cur.expires_at <= clock_timestamp())
+       AND (l.owner IS NULL OR l.expires_at <= clock_timestamp())
+    RETURNING l.token, l.expires_at, l.data
+)
+SELECT true AS acquired, token, expires_at, data, NULL::text AS holder, NULL::float8 AS wait_ms FROM ins
+UNION ALL
+SELECT true, token, expires_at, data, NULL, NULL FROM upd
+UNION ALL
+SELECT false, token, expires_at, NULL, holder,
+       greatest(0, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8
+  FROM cur
+ WHERE NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)";
+
+/// Renew a batch of leases in one statement (keep-alive renews every lease
+/// of a `Locks` that is due with one of these). Only a lease that is still
+/// ours and not yet expired by the database clock is renewed; a missing row
+/// in the result means lost. Touches no indexed column: a HOT update.
+const LEASE_RENEW: &str = "\
+UPDATE {s}.leases AS l
+   SET expires_at = clock_timestamp() + r.ttl_ms * interval '1 millisecond',
+       updated_at = clock_timestamp()
+  FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::int8[]) AS r(name, token, owner, ttl_ms)
+ WHERE l.name = r.name AND l.token = r.token AND l.owner = r.owner
+   AND l.expires_at > clock_timestamp()
+RETURNING l.token, l.expires_at, l.release_requested";
+
+/// Replace the payload, renewing the lease with it.
+const LEASE_SET_DATA: &str = "\
+UPDATE {s}.leases
+   SET data = $4, expires_at = clock_timestamp() + $5 * interval '1 millisecond',
+       updated_at = clock_timestamp()
+ WHERE name = $1 AND token = $2 AND owner = $3 AND expires_at > clock_timestamp()
+RETURNING expires_at, release_requested";
+
+/// Let go, if it is still ours (by owner id and token), and wake waiters.
+const LEASE_RELEASE: &str = "\
+UPDATE {s}.leases
+   SET owner = NULL, expires_at = NULL, release_requested = false,
+       updated_at = clock_timestamp()
+ WHERE name = $1 AND token = $2 AND owner = $3
+RETURNING pg_notify('pglock', $4)::text";
+
+/// The fence check, through the function other languages call too: raises
+/// PGL01 unless the token holds the lease by the statement clock, and locks
+/// the row FOR SHARE until the caller's transaction ends, so a takeover's
+/// UPDATE waits for that transaction.
+const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2)::text";
+
+/// Ask the holder to let go: flag the row and wake it. Returns the token of
+/// the holder that was asked, if the lease is held.
+const LEASE_REQUEST_RELEASE: &str = "\
+UPDATE {s}.leases SET release_requested = true, updated_at = clock_timestamp()
+ WHERE name = $1 AND owner IS NOT NULL AND expires_at > clock_timestamp()
+RETURNING token, pg_notify('pglock', $2)::text";
+
+/// Does token `$2` still hold lease `$1` with a release requested?
+const LEASE_RELEASE_REQUESTED: &str = "\
+SELECT release_requested FROM {s}.leases WHERE name = $1 AND token = $2";
+
+/// Release whoever holds the lease. Explicit and logged by the caller; the
+/// token sequence is not touched (the next acquire still gets a greater one).
+const LEASE_FORCE_RELEASE: &str = "\
+UPDATE {s}.leases
+   SET owner = NULL, expires_at = NULL, release_requested = false,
+       updated_at = clock_timestamp()
+ WHERE name = $1 AND owner IS NOT NULL
+RETURNING token, holder, pg_notify('pglock', $2)::text";
+
+/// Every lease row, for `pglock ls`.
+const LEASE_LIST: &str = "\
+SELECT name, token, holder,
+       owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
+       acquired_at, expires_at, data, release_requested,
+       CASE WHEN owner IS NOT NULL
+            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
+  FROM {s}.leases ORDER BY name";
+
+/// The statements on pglock's tables, with the schema filled in once.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) lease_acquire: String,
+    pub(crate) lease_renew: String,
+    pub(crate) lease_set_data: String,
+    pub(crate) lease_release: String,
+    pub(crate) lease_fence: String,
+    pub(crate) lease_request_release: String,
+    pub(crate) lease_release_requested: String,
+    pub(crate) lease_force_release: String,
+    pub(crate) lease_list: String,
+}
+
+impl Statements {
+    pub(crate) fn new(quoted_schema: &str) -> Self {
+        let s = |template: &str| template.replace("{s}", quoted_schema);
+        Statements {
+            lease_acquire: s(LEASE_ACQUIRE),
+            lease_renew: s(LEASE_RENEW),
+            lease_set_data: s(LEASE_SET_DATA),
+            lease_release: s(LEASE_RELEASE),
+            lease_fence: s(LEASE_FENCE),
+            lease_request_release: s(LEASE_REQUEST_RELEASE),
+            lease_release_requested: s(LEASE_RELEASE_REQUESTED),
+            lease_force_release: s(LEASE_FORCE_RELEASE),
+            lease_list: s(LEASE_LIST),
+        }
+    }
+}

@@ -21,7 +21,9 @@ async fn guards_and_futures_are_send() {
     fn assert_send<T: Send + Sync>() {}
     assert_send::<AdvisoryGuard>();
     assert_send::<Locks>();
-    let locks = Locks::new(sqlx::PgPool::connect_lazy("postgres://x@127.0.0.1:1/x").unwrap_or_else(|_| unreachable!()));
+    let locks = Locks::new(
+        sqlx::PgPool::connect_lazy("postgres://x@127.0.0.1:1/x").unwrap_or_else(|_| unreachable!()),
+    );
     is_send(&locks.advisory("k").lock());
     is_send(&locks.advisory("k").try_lock());
 }
@@ -33,11 +35,24 @@ async fn exclusive_lock_excludes_other_holders() {
     let g = t.locks.advisory(&key).lock().await.unwrap();
     let other = t.other("b");
     assert!(other.advisory(&key).try_lock().await.unwrap().is_none());
-    assert!(other.advisory(&key).shared().try_lock().await.unwrap().is_none());
+    assert!(
+        other
+            .advisory(&key)
+            .shared()
+            .try_lock()
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The same handle is excluded too: each guard is its own session.
     assert!(t.locks.advisory(&key).try_lock().await.unwrap().is_none());
     g.release().await.unwrap();
-    let g2 = other.advisory(&key).try_lock().await.unwrap().expect("free after release");
+    let g2 = other
+        .advisory(&key)
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("free after release");
     g2.release().await.unwrap();
 }
 
@@ -46,12 +61,27 @@ async fn shared_locks_coexist_and_exclude_exclusive() {
     let t = db().await;
     let key = unique_key();
     let a = t.locks.advisory(&key).shared().lock().await.unwrap();
-    let b = t.locks.advisory(&key).shared().try_lock().await.unwrap().expect("shared + shared");
+    let b = t
+        .locks
+        .advisory(&key)
+        .shared()
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("shared + shared");
     assert!(t.locks.advisory(&key).try_lock().await.unwrap().is_none());
     a.release().await.unwrap();
     assert!(t.locks.advisory(&key).try_lock().await.unwrap().is_none());
     b.release().await.unwrap();
-    t.locks.advisory(&key).try_lock().await.unwrap().expect("free").release().await.unwrap();
+    t.locks
+        .advisory(&key)
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -61,7 +91,9 @@ async fn string_keys_are_hashtextextended_and_exclude_plain_sql() {
     assert_eq!(text_key(&t.pool, "ckpt/run-42").await, -8823199534297203464);
 
     let key = unique_key();
-    let mut raw = sqlx::PgConnection::connect(&support::cluster::shared_url()).await.unwrap();
+    let mut raw = sqlx::PgConnection::connect(&support::cluster::shared_url())
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
         .bind(&key)
         .execute(&mut raw)
@@ -127,7 +159,10 @@ async fn lock_waits_in_the_server_and_gets_the_lock_on_release() {
     }
     g.release().await.unwrap();
     let g2 = waiter.await.unwrap().unwrap();
-    assert_eq!(advisory_rows(&t.pool, k).await, vec![(g2.pid(), true, "ExclusiveLock".into())]);
+    assert_eq!(
+        advisory_rows(&t.pool, k).await,
+        vec![(g2.pid(), true, "ExclusiveLock".into())]
+    );
     g2.release().await.unwrap();
 }
 
@@ -156,14 +191,24 @@ async fn dropped_guard_releases_promptly() {
     let g = t.locks.advisory(&key).lock().await.unwrap();
     drop(g);
     // Acquired by the server as soon as the spawned unlock runs.
-    let g2 = t.other("b").advisory(&key).timeout(Duration::from_secs(1)).lock().await.unwrap();
+    let g2 = t
+        .other("b")
+        .advisory(&key)
+        .timeout(Duration::from_secs(1))
+        .lock()
+        .await
+        .unwrap();
     g2.release().await.unwrap();
 }
 
 #[tokio::test]
 async fn sessions_are_reused_and_never_hold_a_lock_when_idle() {
     let t = db().await;
-    let locks = Locks::builder(t.pool.clone()).schema(t.schema.clone()).max_sessions(2).build().unwrap();
+    let locks = Locks::builder(t.pool.clone())
+        .schema(t.schema.clone())
+        .max_sessions(2)
+        .build()
+        .unwrap();
     let keys: Vec<String> = (0..20).map(|_| unique_key()).collect();
     for (i, key) in keys.iter().enumerate() {
         let g = locks.advisory(key).lock().await.unwrap();
@@ -189,10 +234,16 @@ async fn holding_locks_does_not_use_the_callers_pool() {
         .connect(&support::cluster::shared_url())
         .await
         .unwrap();
-    let locks = Locks::builder(small.clone()).schema(t.schema.clone()).build().unwrap();
+    let locks = Locks::builder(small.clone())
+        .schema(t.schema.clone())
+        .build()
+        .unwrap();
     let a = locks.advisory(unique_key()).lock().await.unwrap();
     let b = locks.advisory(unique_key()).lock().await.unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&small).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&small)
+        .await
+        .unwrap();
     assert_eq!(one, 1);
     a.release().await.unwrap();
     b.release().await.unwrap();
@@ -201,12 +252,28 @@ async fn holding_locks_does_not_use_the_callers_pool() {
 #[tokio::test]
 async fn max_sessions_bounds_held_locks() {
     let t = db().await;
-    let locks = Locks::builder(t.pool.clone()).schema(t.schema.clone()).max_sessions(1).build().unwrap();
+    let locks = Locks::builder(t.pool.clone())
+        .schema(t.schema.clone())
+        .max_sessions(1)
+        .build()
+        .unwrap();
     let a = locks.advisory(unique_key()).lock().await.unwrap();
-    let err = locks.advisory(unique_key()).timeout(Duration::from_millis(100)).lock().await.unwrap_err();
+    let err = locks
+        .advisory(unique_key())
+        .timeout(Duration::from_millis(100))
+        .lock()
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     a.release().await.unwrap();
-    locks.advisory(unique_key()).lock().await.unwrap().release().await.unwrap();
+    locks
+        .advisory(unique_key())
+        .lock()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }
 
 /// Polls `fut` `polls` times, letting the runtime run in between, then drops it.
@@ -249,7 +316,15 @@ async fn cancelled_lock_leaves_nothing_held() {
         assert_released(&t.pool, k, 5).await;
     }
     // And the lock is usable afterwards.
-    other.advisory(&key).try_lock().await.unwrap().expect("free").release().await.unwrap();
+    other
+        .advisory(&key)
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -263,11 +338,21 @@ async fn lost_resolves_when_the_session_is_terminated() {
         .await
         .unwrap();
     assert!(terminated);
-    tokio::time::timeout(Duration::from_secs(10), g.lost()).await.expect("lost() resolves");
+    tokio::time::timeout(Duration::from_secs(10), g.lost())
+        .await
+        .expect("lost() resolves");
     let err = g.release().await.unwrap_err();
     assert!(matches!(err, Error::LockLost { .. }), "{err}");
     // Another holder can take it.
-    t.locks.advisory(&key).try_lock().await.unwrap().expect("free").release().await.unwrap();
+    t.locks
+        .advisory(&key)
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -283,7 +368,10 @@ async fn lost_stays_pending_while_the_lock_is_held() {
 async fn guard_derefs_to_its_session() {
     let t = db().await;
     let mut g = t.locks.advisory(unique_key()).lock().await.unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *g).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *g)
+        .await
+        .unwrap();
     assert_eq!(pid, g.pid());
     g.release().await.unwrap();
 }
@@ -295,11 +383,23 @@ async fn transaction_locks_exclude_and_end_with_the_transaction() {
     let mut tx1 = t.pool.begin().await.unwrap();
     t.locks.advisory(&key).lock_xact(&mut *tx1).await.unwrap();
     let mut tx2 = t.pool.begin().await.unwrap();
-    assert!(!t.locks.advisory(&key).try_lock_xact(&mut *tx2).await.unwrap());
+    assert!(
+        !t.locks
+            .advisory(&key)
+            .try_lock_xact(&mut *tx2)
+            .await
+            .unwrap()
+    );
     // A session lock is excluded by the transaction lock too.
     assert!(t.locks.advisory(&key).try_lock().await.unwrap().is_none());
     tx1.commit().await.unwrap();
-    assert!(t.locks.advisory(&key).try_lock_xact(&mut *tx2).await.unwrap());
+    assert!(
+        t.locks
+            .advisory(&key)
+            .try_lock_xact(&mut *tx2)
+            .await
+            .unwrap()
+    );
     tx2.rollback().await.unwrap();
     assert_released(&t.pool, text_key(&t.pool, &key).await, 5).await;
 }
@@ -309,9 +409,20 @@ async fn timed_transaction_lock_restores_lock_timeout() {
     let t = db().await;
     let key = unique_key();
     let mut tx = t.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL lock_timeout = '7s'").execute(&mut *tx).await.unwrap();
-    t.locks.advisory(&key).timeout(Duration::from_millis(300)).lock_xact(&mut *tx).await.unwrap();
-    let lt: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')").fetch_one(&mut *tx).await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '7s'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    t.locks
+        .advisory(&key)
+        .timeout(Duration::from_millis(300))
+        .lock_xact(&mut *tx)
+        .await
+        .unwrap();
+    let lt: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(lt, "7s");
 
     let mut tx2 = t.pool.begin().await.unwrap();
@@ -340,11 +451,22 @@ async fn bad_input_is_refused_before_any_sql() {
         ("empty", locks.advisory(""), "advisory key"),
         ("nul", locks.advisory("a\0b"), "advisory key"),
         ("long", locks.advisory(long.as_str()), "advisory key"),
-        ("zero timeout", locks.advisory("k").timeout(Duration::ZERO), "timeout"),
-        ("huge timeout", locks.advisory("k").timeout(Duration::from_secs(90 * 86400)), "timeout"),
+        (
+            "zero timeout",
+            locks.advisory("k").timeout(Duration::ZERO),
+            "timeout",
+        ),
+        (
+            "huge timeout",
+            locks.advisory("k").timeout(Duration::from_secs(90 * 86400)),
+            "timeout",
+        ),
     ];
     for (what, adv, field) in cases {
-        for err in [adv.clone().lock().await.unwrap_err(), adv.try_lock().await.unwrap_err()] {
+        for err in [
+            adv.clone().lock().await.unwrap_err(),
+            adv.try_lock().await.unwrap_err(),
+        ] {
             match err {
                 Error::InvalidInput { field: f, ref rule } => {
                     assert_eq!(f, field, "{what}: {err}");
@@ -360,9 +482,18 @@ async fn bad_input_is_refused_before_any_sql() {
 async fn builder_refuses_bad_schema_names() {
     let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
     for bad in ["", "a-b", "x\"; DROP TABLE y; --", "9lives", "pg_catalog"] {
-        let err = Locks::builder(pool.clone()).schema(bad).build().unwrap_err();
+        let err = Locks::builder(pool.clone())
+            .schema(bad)
+            .build()
+            .unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidInput { field: "schema", .. }),
+            matches!(
+                &err,
+                Error::InvalidInput {
+                    field: "schema",
+                    ..
+                }
+            ),
             "{bad:?}: {err}"
         );
     }

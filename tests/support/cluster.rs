@@ -45,7 +45,12 @@ impl Cluster {
             chown_postgres(&dir);
         }
         let port = tcp.then(free_port);
-        let cluster = Cluster { dir, bin, port, as_postgres };
+        let cluster = Cluster {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
         cluster.watchdog();
         cluster.run(
             "initdb",
@@ -61,8 +66,11 @@ impl Cluster {
                 "--locale=C",
             ],
         );
-        std::fs::write(cluster.data().join("postgresql.auto.conf"), cluster.config())
-            .expect("write postgresql.auto.conf");
+        std::fs::write(
+            cluster.data().join("postgresql.auto.conf"),
+            cluster.config(),
+        )
+        .expect("write postgresql.auto.conf");
         cluster.ctl(&["start", "-w", "-t", "60"]);
         cluster
     }
@@ -143,13 +151,23 @@ impl Cluster {
     }
 
     /// Stops the server and deletes the directory once this process exits.
+    // The watchdog outlives this process by design; nobody waits for it.
+    #[allow(clippy::zombie_processes)]
     fn watchdog(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
         let data = self.data();
         let stop = if self.as_postgres {
-            format!("runuser -u postgres -- {} -D {} stop -m immediate", pg_ctl.display(), data.display())
+            format!(
+                "runuser -u postgres -- {} -D {} stop -m immediate",
+                pg_ctl.display(),
+                data.display()
+            )
         } else {
-            format!("{} -D {} stop -m immediate", pg_ctl.display(), data.display())
+            format!(
+                "{} -D {} stop -m immediate",
+                pg_ctl.display(),
+                data.display()
+            )
         };
         let script = format!(
             "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
@@ -198,7 +216,12 @@ fn find_bin() -> PathBuf {
         .map(|e| e.path().join("bin"));
     let mut candidates: Vec<PathBuf> = on_path
         .filter(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
-        .map(|d| std::fs::canonicalize(d.join("initdb")).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or(d))
+        .map(|d| {
+            std::fs::canonicalize(d.join("initdb"))
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or(d)
+        })
         .collect();
     let mut debian: Vec<PathBuf> = debian.filter(|d| d.join("initdb").exists()).collect();
     debian.sort();
@@ -228,9 +251,17 @@ fn chown_postgres(dir: &Path) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "cannot chown {} to postgres (is there a postgres user?)", dir.display());
+    assert!(
+        ok,
+        "cannot chown {} to postgres (is there a postgres user?)",
+        dir.display()
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

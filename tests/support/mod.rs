@@ -42,7 +42,11 @@ pub async fn db() -> TestDb {
         .build()
         .unwrap();
     locks.migrate().await.expect("migrate");
-    TestDb { pool, locks, schema }
+    TestDb {
+        pool,
+        locks,
+        schema,
+    }
 }
 
 /// Advisory locks on `key` (granted or waiting) as `pg_locks` shows them:

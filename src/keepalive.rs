@@ -1,0 +1,149 @@
+//! Background renewal: one task per [`Locks`](crate::Locks) renews every
+//! lease kept alive through it, with **one statement per tick** however many
+//! leases are due.
+//!
+//! A lease is due once a third of its TTL has passed since its last
+//! successful renewal was sent; the task sleeps until the next lease is due,
+//! then renews it together with every lease due within the next sixth of its
+//! TTL, so leases settle into shared ticks.
+//! When a renewal statement fails (connection lost, server restarting) the
+//! task retries every `min(ttl/10, 1 s)`; meanwhile each lease's local
+//! deadline keeps running, and [`lost()`](crate::LeaseRef::lost) resolves
+//! when it passes — before the server can give the lease away. A lease
+//! missing from a renewal's result is lost at once (taken over,
+//! force-released).
+//!
+//! Renewals run on pglock's own connections beside your pool, so a busy
+//! application pool cannot starve them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::lease::Shared;
+
+/// The keep-alive task of one `Locks` and the leases it renews.
+#[derive(Debug, Default)]
+pub(crate) struct KeepAlive {
+    registry: Arc<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    leases: Mutex<RegistryState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    by_token: HashMap<i64, Weak<Shared>>,
+    running: bool,
+}
+
+impl KeepAlive {
+    /// Starts renewing `lease` (starting the task if needed).
+    pub(crate) fn add(&self, lease: &Arc<Shared>, sessions: &PgPool, statement: &str) {
+        let mut state = self.registry.leases.lock().unwrap();
+        state.by_token.insert(lease.token, Arc::downgrade(lease));
+        if !state.running {
+            state.running = true;
+            tokio::spawn(run(
+                self.registry.clone(),
+                sessions.clone(),
+                statement.to_owned(),
+            ));
+        }
+        drop(state);
+        self.registry.changed.notify_one();
+    }
+
+    /// Stops renewing the lease with `token`.
+    pub(crate) fn remove(&self, token: i64) {
+        self.registry.leases.lock().unwrap().by_token.remove(&token);
+    }
+}
+
+async fn run(registry: Arc<Registry>, sessions: PgPool, statement: String) {
+    loop {
+        let now = Instant::now();
+        let (due, next_wake) = {
+            let mut state = registry.leases.lock().unwrap();
+            state
+                .by_token
+                .retain(|_, w| w.upgrade().is_some_and(|s| !s.is_lost()));
+            if state.by_token.is_empty() {
+                state.running = false;
+                return;
+            }
+            let live: Vec<Arc<Shared>> =
+                state.by_token.values().filter_map(Weak::upgrade).collect();
+            let next = live.iter().map(|s| s.next_renewal()).min().unwrap_or(now);
+            // Once one lease is due, renew with it every lease that would be
+            // due within a sixth of its TTL: early renewal is always safe, and
+            // leases acquired close together then share one statement.
+            let due: Vec<Arc<Shared>> = if next <= now {
+                live.iter()
+                    .filter(|s| s.next_renewal() <= now + s.ttl / 6)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (due, next)
+        };
+        if due.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_wake) => {}
+                _ = registry.changed.notified() => {}
+            }
+            continue;
+        }
+        if let Err(e) = renew_batch(&sessions, &statement, &due).await {
+            let retry = due
+                .iter()
+                .map(|s| (s.ttl / 10).min(Duration::from_secs(1)))
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            tracing::warn!(error = %e, leases = due.len(), ?retry, "lease renewal failed; retrying");
+            for s in &due {
+                s.renewal_failed(Instant::now() + retry);
+            }
+        }
+    }
+}
+
+/// Renews `due` with one statement and records each outcome.
+pub(crate) async fn renew_batch(
+    pool: &PgPool,
+    statement: &str,
+    due: &[Arc<Shared>],
+) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
+    let tokens: Vec<i64> = due.iter().map(|s| s.token).collect();
+    let owners: Vec<uuid::Uuid> = due.iter().map(|s| s.owner).collect();
+    let ttls: Vec<i64> = due.iter().map(|s| s.ttl.as_millis() as i64).collect();
+    let sent = Instant::now();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(&names)
+        .bind(&tokens)
+        .bind(&owners)
+        .bind(&ttls)
+        .fetch_all(pool)
+        .await?;
+    let mut renewed: HashMap<i64, (chrono::DateTime<chrono::Utc>, bool)> = HashMap::new();
+    for row in rows {
+        renewed.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+    }
+    for s in due {
+        match renewed.get(&s.token) {
+            Some((expires_at, requested)) => s.renewed(sent, *expires_at, *requested),
+            None => s.mark_lost("not renewed: expired, taken over or force-released"),
+        }
+    }
+    Ok(())
+}

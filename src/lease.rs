@@ -1,0 +1,928 @@
+//! Fenced leases, for long-lived claims.
+//!
+//! A lease is a row in `<schema>.leases` with an expiry decided by the
+//! database clock and a **fencing token** from one global sequence: every
+//! acquisition gets a token greater than every token issued before it.
+//!
+//! ```no_run
+//! # async fn f(locks: pglock::Locks, pool: sqlx::PgPool) -> Result<(), pglock::Error> {
+//! use std::time::Duration;
+//! let lease = locks.lease("shard-17").ttl(Duration::from_secs(30)).acquire().await?;
+//! let lease = lease.keep_alive(); // renewed in the background
+//!
+//! let mut tx = pool.begin().await?;
+//! lease.fence(&mut *tx).await?; // still ours? and no takeover until we commit
+//! sqlx::query("INSERT INTO results (shard, token) VALUES ($1, $2)")
+//!     .bind(lease.name())
+//!     .bind(lease.token())
+//!     .execute(&mut *tx)
+//!     .await?;
+//! tx.commit().await?;
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Clocks
+//!
+//! The server decides expiry with `clock_timestamp()`. The holder keeps its
+//! own deadline on its monotonic clock, counted from *before* it sent the
+//! acquire or renew, so the holder's deadline always passes no later than
+//! the server's expiry. [`LeaseRef::lost`] resolves at that deadline at the
+//! latest; [`LeaseRef::remaining`] tells how much is left.
+//!
+//! # Dropping
+//!
+//! A [`Lease`] dropped without [`release`](Lease::release) is released in a
+//! spawned task; [`orphan`](Lease::orphan) instead leaves it to expire.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::Locks;
+use crate::error::{Error, FENCE_FAILED, Result, sqlstate};
+use crate::key::validate_name;
+use crate::wait::payload;
+
+/// Default lease TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Shortest accepted TTL.
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+/// Longest accepted TTL (30 days).
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest accepted JSON payload, serialized.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// A request for a lease; see [`Locks::lease`].
+#[derive(Debug, Clone)]
+#[must_use = "a LeaseRequest does nothing until acquire() or try_acquire() is called"]
+pub struct LeaseRequest {
+    locks: Locks,
+    name: String,
+    ttl: Duration,
+    timeout: Option<Duration>,
+    holder: Option<String>,
+    data: Option<Value>,
+}
+
+impl Locks {
+    /// A lease on `name`: a claim that outlives connections, with an expiry
+    /// by the database clock and a fencing token.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
+    /// if let Some(lease) = locks.lease("trial-42").try_acquire().await? {
+    ///     println!("trial 42 is mine, token {}", lease.token());
+    ///     lease.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn lease(&self, name: impl Into<String>) -> LeaseRequest {
+        LeaseRequest {
+            locks: self.clone(),
+            name: name.into(),
+            ttl: DEFAULT_TTL,
+            timeout: None,
+            holder: None,
+            data: None,
+        }
+    }
+}
+
+impl LeaseRequest {
+    /// How long the lease lasts without renewal (default 30 s; 100 ms to 30
+    /// days).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Give up waiting with [`Error::Timeout`] after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The holder label for this lease (default: the `Locks`' holder).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = Some(holder.into());
+        self
+    }
+
+    /// A JSON payload stored with the lease, visible to everyone (at most
+    /// 64 KiB). Without it, the payload the previous holder left is kept.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_name("lease name", &self.name)?;
+        validate_ttl(self.ttl)?;
+        if let Some(t) = self.timeout {
+            validate_timeout(t)?;
+        }
+        if let Some(h) = &self.holder {
+            validate_name("holder", h)?;
+        }
+        if let Some(d) = &self.data {
+            validate_data(d)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the lease if it is free, released or expired; `Ok(None)` if
+    /// somebody holds it.
+    ///
+    /// # Cancel safety
+    ///
+    /// The acquire is one statement. If the future is dropped after the
+    /// statement was sent, the lease may have been taken and is then left
+    /// to expire after its TTL (nobody holds its owner id).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] before any SQL; [`Error::NotMigrated`];
+    /// [`Error::Database`].
+    pub async fn try_acquire(self) -> Result<Option<Lease>> {
+        self.validate()?;
+        match self.attempt().await? {
+            Attempt::Acquired(lease) => Ok(Some(lease)),
+            Attempt::Held { .. } => Ok(None),
+        }
+    }
+
+    /// Waits for the lease and takes it. Wakes when the holder releases it
+    /// (by NOTIFY, within milliseconds) or at the holder's expiry.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_acquire`](Self::try_acquire): dropped while waiting, nothing
+    /// is held; dropped while the statement runs, a lease taken is left to
+    /// expire.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the [`timeout`](Self::timeout) runs out;
+    /// otherwise as [`try_acquire`](Self::try_acquire).
+    pub async fn acquire(self) -> Result<Lease> {
+        self.validate()?;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let what = format!("lease {:?}", self.name);
+        let wait = async {
+            let topic = self.locks.inner.hub.subscribe(&self.name).await?;
+            loop {
+                let notified = topic.notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                let retry_in = match self.attempt().await? {
+                    Attempt::Acquired(lease) => return Ok(lease),
+                    Attempt::Held { retry_in, .. } => retry_in,
+                };
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(retry_in + jitter()) => {}
+                }
+            }
+        };
+        within(deadline, self.timeout, what, wait).await
+    }
+
+    pub(crate) async fn attempt(&self) -> Result<Attempt> {
+        let inner = &self.locks.inner;
+        let owner = Uuid::new_v4();
+        let holder = self.holder.as_deref().unwrap_or(&inner.holder);
+        let sent = Instant::now();
+        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_acquire.as_str()))
+            .bind(&self.name)
+            .bind(owner)
+            .bind(holder)
+            .bind(self.ttl.as_millis() as i64)
+            .bind(&self.data)
+            .fetch_optional(&inner.pool)
+            .await
+            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let Some(row) = row else {
+            // Lost an insert race with another first-time taker: look again.
+            return Ok(Attempt::Held {
+                holder: None,
+                retry_in: Duration::ZERO,
+            });
+        };
+        if row.try_get::<bool, _>("acquired")? {
+            let shared = Shared::new(
+                self.name.clone(),
+                row.try_get("token")?,
+                owner,
+                holder.to_owned(),
+                self.ttl,
+                sent,
+                row.try_get("expires_at")?,
+                row.try_get("data")?,
+            );
+            tracing::debug!(name = %self.name, token = shared.token, "lease acquired");
+            Ok(Attempt::Acquired(Lease::new(self.locks.clone(), shared)))
+        } else {
+            let ms: Option<f64> = row.try_get("wait_ms")?;
+            Ok(Attempt::Held {
+                holder: row.try_get("holder")?,
+                retry_in: Duration::from_secs_f64(ms.unwrap_or(0.0) / 1000.0),
+            })
+        }
+    }
+
+    /// Acquires the lease, keeps it alive while `work` runs, and releases it
+    /// afterwards. If the lease is lost, `work` is dropped at its next await
+    /// point and the result is [`Error::LeaseLost`]: no code of `work` runs
+    /// after the holder has learnt it lost the lease.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops `work` and releases the lease in the
+    /// background.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), and [`Error::LeaseLost`] if the lease
+    /// was lost while `work` ran.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
+    /// let steps = locks
+    ///     .lease("leader")
+    ///     .run(|lease| async move {
+    ///         // … lead, writing with lease.fence(&mut *tx) …
+    ///         lease.token()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<F, Fut, T>(self, work: F) -> Result<T>
+    where
+        F: FnOnce(LeaseRef) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let lease = self.acquire().await?.keep_alive();
+        lease.run_work(work).await
+    }
+}
+
+pub(crate) enum Attempt {
+    Acquired(Lease),
+    Held {
+        #[allow(dead_code)]
+        holder: Option<String>,
+        retry_in: Duration,
+    },
+}
+
+/// Awaits `fut`, turning an elapsed `deadline` into [`Error::Timeout`].
+pub(crate) async fn within<T>(
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    what: String,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                what,
+                waited: timeout.unwrap_or_default(),
+            })
+        }),
+    }
+}
+
+/// 0–25 ms, so waiters woken at one expiry do not all arrive at once.
+pub(crate) fn jitter() -> Duration {
+    Duration::from_micros((Uuid::new_v4().as_u128() % 25_000) as u64)
+}
+
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
+    if ttl < MIN_TTL || ttl > MAX_TTL {
+        return Err(Error::invalid(
+            "ttl",
+            format!("must be between {MIN_TTL:?} and 30 days, got {ttl:?}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_timeout(t: Duration) -> Result<()> {
+    if t.is_zero() {
+        return Err(Error::invalid("timeout", "must be above zero"));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_data(data: &Value) -> Result<()> {
+    let len = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > MAX_DATA_BYTES {
+        return Err(Error::invalid(
+            "data",
+            format!("JSON must be at most {MAX_DATA_BYTES} bytes, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// State shared by a lease, its [`LeaseRef`]s and the keep-alive task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) token: i64,
+    pub(crate) owner: Uuid,
+    pub(crate) holder: String,
+    pub(crate) ttl: Duration,
+    data: Mutex<Option<Value>>,
+    state: watch::Sender<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    /// Local deadline: send time of the last successful renewal + ttl.
+    deadline: Instant,
+    /// When the keep-alive task should renew next.
+    next_renewal: Instant,
+    expires_at: DateTime<Utc>,
+    lost: bool,
+    release_requested: bool,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: String,
+        token: i64,
+        owner: Uuid,
+        holder: String,
+        ttl: Duration,
+        sent: Instant,
+        expires_at: DateTime<Utc>,
+        data: Option<Value>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            name,
+            token,
+            owner,
+            holder,
+            ttl,
+            data: Mutex::new(data),
+            state: watch::Sender::new(State {
+                deadline: sent + ttl,
+                next_renewal: sent + ttl / 3,
+                expires_at,
+                lost: false,
+                release_requested: false,
+            }),
+        })
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        let s = *self.state.borrow();
+        s.lost || Instant::now() >= s.deadline
+    }
+
+    pub(crate) fn next_renewal(&self) -> Instant {
+        self.state.borrow().next_renewal
+    }
+
+    pub(crate) fn renewed(&self, sent: Instant, expires_at: DateTime<Utc>, requested: bool) {
+        self.state.send_if_modified(|s| {
+            if s.lost {
+                return false;
+            }
+            s.deadline = sent + self.ttl;
+            s.next_renewal = sent + self.ttl / 3;
+            s.expires_at = expires_at;
+            s.release_requested |= requested;
+            true
+        });
+    }
+
+    pub(crate) fn renewal_failed(&self, retry_at: Instant) {
+        self.state.send_modify(|s| s.next_renewal = retry_at);
+    }
+
+    pub(crate) fn mark_lost(&self, why: &str) {
+        let newly = self
+            .state
+            .send_if_modified(|s| !std::mem::replace(&mut s.lost, true));
+        if newly {
+            tracing::warn!(name = %self.name, token = self.token, why, "lease lost");
+        }
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LeaseLost {
+            name: self.name.clone(),
+            token: self.token,
+        }
+    }
+
+    /// `Err(LeaseLost)` once the lease is known lost or past its deadline.
+    fn check(&self) -> Result<()> {
+        if self.is_lost() {
+            self.mark_lost("local deadline passed");
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+}
+
+/// A handle on a held lease that can be cloned into tasks; it is what
+/// [`LeaseRequest::run`] hands to its work. A [`Lease`] derefs to one.
+#[derive(Clone)]
+pub struct LeaseRef {
+    pub(crate) locks: Locks,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LeaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseRef")
+            .field("name", &self.shared.name)
+            .field("token", &self.shared.token)
+            .field("holder", &self.shared.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseRef {
+    /// The lease name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The fencing token: greater than every token issued before it.
+    pub fn token(&self) -> i64 {
+        self.shared.token
+    }
+
+    /// The holder label recorded in the lease row.
+    pub fn holder(&self) -> &str {
+        &self.shared.holder
+    }
+
+    /// The lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// The server's expiry time as of the last acquire or renewal (database
+    /// clock).
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.shared.state.borrow().expires_at
+    }
+
+    /// Time left before the holder's own (conservative) deadline; zero once
+    /// lost.
+    pub fn remaining(&self) -> Duration {
+        let s = *self.shared.state.borrow();
+        if s.lost {
+            return Duration::ZERO;
+        }
+        s.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The JSON payload: as found at acquire time, or as last set.
+    pub fn data(&self) -> Option<Value> {
+        self.shared.data.lock().unwrap().clone()
+    }
+
+    /// Renews the lease now for another TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] if the lease is no longer ours (expired, taken
+    /// over, force-released) or its local deadline has passed;
+    /// [`Error::Database`] if the server could not be asked (the lease may
+    /// still be ours until the deadline).
+    pub async fn renew(&self) -> Result<()> {
+        self.shared.check()?;
+        let inner = &self.locks.inner;
+        crate::keepalive::renew_batch(
+            &inner.pool,
+            &inner.sql.lease_renew,
+            std::slice::from_ref(&self.shared),
+        )
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
+        self.shared.check()
+    }
+
+    /// Replaces the JSON payload (at most 64 KiB) and renews the lease with
+    /// it, in one statement: progress for whoever takes over next.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew); [`Error::InvalidInput`] for oversized data.
+    pub async fn set_data(&self, data: Value) -> Result<()> {
+        validate_data(&data)?;
+        self.shared.check()?;
+        let inner = &self.locks.inner;
+        let s = &self.shared;
+        let sent = Instant::now();
+        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_set_data.as_str()))
+            .bind(&s.name)
+            .bind(s.token)
+            .bind(s.owner)
+            .bind(&data)
+            .bind(s.ttl.as_millis() as i64)
+            .fetch_optional(&inner.pool)
+            .await
+            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        match row {
+            Some(row) => {
+                s.renewed(sent, row.try_get(0)?, row.try_get(1)?);
+                *s.data.lock().unwrap() = Some(data);
+                Ok(())
+            }
+            None => {
+                s.mark_lost("set_data found the lease gone");
+                Err(s.lost_error())
+            }
+        }
+    }
+
+    /// Checks, inside the caller's transaction, that this token still holds
+    /// the lease by the database's statement clock, and locks the lease row
+    /// until the transaction ends: no newer holder can take the lease over
+    /// before this transaction's writes commit or roll back. Call it as
+    /// `lease.fence(&mut *tx)` before the fenced writes.
+    ///
+    /// Runs `SELECT <schema>.fence(name, token)`, the same function a
+    /// writer in another language can call. On failure that statement has
+    /// raised, so the transaction is aborted: roll it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] if the token no longer holds the lease, or the
+    /// local deadline has passed; [`Error::Database`].
+    pub async fn fence(&self, conn: &mut PgConnection) -> Result<()> {
+        self.shared.check()?;
+        let inner = &self.locks.inner;
+        let result = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_fence.as_str()))
+            .bind(&self.shared.name)
+            .bind(self.shared.token)
+            .execute(conn)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if sqlstate(&e).as_deref() == Some(FENCE_FAILED) => {
+                self.shared.mark_lost("fence check failed");
+                Err(self.shared.lost_error())
+            }
+            Err(e) => Err(Error::from_db(e, &inner.schema)),
+        }
+    }
+
+    /// Resolves when the lease is lost: a renewal found it gone, or the
+    /// local deadline passed without a successful renewal. Always resolves
+    /// no later than the server could give the lease to someone else.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) {
+        let mut rx = self.shared.state.subscribe();
+        loop {
+            let s = *rx.borrow_and_update();
+            if s.lost {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(s.deadline) => {
+                    if self.shared.state.borrow().deadline <= Instant::now() {
+                        self.shared.mark_lost("local deadline passed without renewal");
+                        return;
+                    }
+                }
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Resolves when somebody has asked the holder to let go
+    /// ([`Locks::request_release`]): checkpoint, then release.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn release_requested(&self) {
+        let inner = &self.locks.inner;
+        let mut rx = self.shared.state.subscribe();
+        let topic = loop {
+            match inner.hub.subscribe(&self.shared.name).await {
+                Ok(t) => break t,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        loop {
+            if rx.borrow_and_update().release_requested {
+                return;
+            }
+            let notified = topic.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let requested = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(
+                inner.sql.lease_release_requested.as_str(),
+            ))
+            .bind(&self.shared.name)
+            .bind(self.shared.token)
+            .fetch_optional(&inner.pool)
+            .await;
+            if let Ok(Some(true)) = requested {
+                self.shared
+                    .state
+                    .send_modify(|s| s.release_requested = true);
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = rx.changed() => {}
+            }
+        }
+    }
+}
+
+/// A held lease. Derefs to [`LeaseRef`] for its accessors, `renew`,
+/// `fence`, `set_data`, `lost` and `release_requested`.
+///
+/// Dropping it releases it in a spawned task; [`release`](Self::release)
+/// does it now and reports, [`orphan`](Self::orphan) lets it expire.
+#[must_use = "dropping the lease releases it"]
+pub struct Lease {
+    handle: LeaseRef,
+    kept_alive: bool,
+    done: bool,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("name", &self.handle.shared.name)
+            .field("token", &self.handle.shared.token)
+            .field("kept_alive", &self.kept_alive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Lease {
+    type Target = LeaseRef;
+
+    fn deref(&self) -> &LeaseRef {
+        &self.handle
+    }
+}
+
+impl Lease {
+    pub(crate) fn new(locks: Locks, shared: Arc<Shared>) -> Lease {
+        Lease {
+            handle: LeaseRef { locks, shared },
+            kept_alive: false,
+            done: false,
+        }
+    }
+
+    /// A cloneable handle on this lease, for other tasks.
+    pub fn handle(&self) -> LeaseRef {
+        self.handle.clone()
+    }
+
+    /// Renews the lease in the background (every third of its TTL, together
+    /// with every other lease of this `Locks`, in one statement) until it is
+    /// released, dropped or lost.
+    pub fn keep_alive(mut self) -> Lease {
+        if !self.kept_alive {
+            let inner = &self.handle.locks.inner;
+            inner
+                .keepalive
+                .add(&self.handle.shared, &inner.sessions, &inner.sql.lease_renew);
+            self.kept_alive = true;
+        }
+        self
+    }
+
+    /// Releases the lease now, waking waiters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] if it was no longer ours (taken over or
+    /// force-released); [`Error::Database`].
+    pub async fn release(mut self) -> Result<()> {
+        self.done = true;
+        self.stop_keep_alive();
+        release(&self.handle).await
+    }
+
+    /// Stops renewing and forgets the lease without releasing it: it stays
+    /// held until its TTL runs out (crash-like hand-over).
+    pub fn orphan(mut self) {
+        self.done = true;
+        self.stop_keep_alive();
+    }
+
+    fn stop_keep_alive(&mut self) {
+        if self.kept_alive {
+            self.handle
+                .locks
+                .inner
+                .keepalive
+                .remove(self.handle.shared.token);
+        }
+    }
+
+    pub(crate) async fn run_work<F, Fut, T>(self, work: F) -> Result<T>
+    where
+        F: FnOnce(LeaseRef) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let handle = self.handle();
+        let outcome = tokio::select! {
+            biased;
+            _ = handle.lost() => None,
+            out = work(handle.clone()) => Some(out),
+        };
+        match outcome {
+            Some(out) => {
+                if let Err(e) = self.release().await {
+                    tracing::warn!(name = %handle.name(), error = %e, "release after run() failed");
+                }
+                Ok(out)
+            }
+            None => {
+                let err = handle.shared.lost_error();
+                drop(self);
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn release(h: &LeaseRef) -> Result<()> {
+    let inner = &h.locks.inner;
+    let s = &h.shared;
+    let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_release.as_str()))
+        .bind(&s.name)
+        .bind(s.token)
+        .bind(s.owner)
+        .bind(payload(&inner.schema, &s.name))
+        .fetch_optional(&inner.pool)
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
+    s.mark_lost_quiet();
+    match row {
+        Some(_) => Ok(()),
+        None => Err(s.lost_error()),
+    }
+}
+
+impl Shared {
+    /// Marks a released lease so its handles report it gone, without a
+    /// warning.
+    fn mark_lost_quiet(&self) {
+        self.state.send_modify(|s| s.lost = true);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.stop_keep_alive();
+        let handle = self.handle.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = release(&handle).await {
+                    tracing::debug!(name = %handle.name(), error = %e, "release on drop failed");
+                }
+            });
+        }
+    }
+}
+
+/// One row of [`Locks::leases`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The lease name.
+    pub name: String,
+    /// Token of the latest acquisition.
+    pub token: i64,
+    /// Label of the latest holder.
+    pub holder: Option<String>,
+    /// Whether it is held now (by the database clock).
+    pub held: bool,
+    /// When the latest holder acquired it.
+    pub acquired_at: Option<DateTime<Utc>>,
+    /// When it expires (or expired) unless renewed; `None` once released.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Time until expiry by the database clock (negative once expired).
+    pub expires_in: Option<chrono::Duration>,
+    /// The JSON payload.
+    pub data: Option<Value>,
+    /// Whether a release was requested.
+    pub release_requested: bool,
+}
+
+impl Locks {
+    /// Every lease row in the schema, held or not, ordered by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotMigrated`]; [`Error::Database`].
+    pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        let inner = &self.inner;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_list.as_str()))
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        rows.into_iter()
+            .map(|r| {
+                let ms: Option<f64> = r.try_get("expires_in_ms")?;
+                Ok(LeaseInfo {
+                    name: r.try_get("name")?,
+                    token: r.try_get("token")?,
+                    holder: r.try_get("holder")?,
+                    held: r.try_get("held")?,
+                    acquired_at: r.try_get("acquired_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
+                    data: r.try_get("data")?,
+                    release_requested: r.try_get("release_requested")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Releases lease `name` whoever holds it, and wakes waiters. For
+    /// operators: the holder learns of it at its next renewal or fence.
+    /// Returns the token that was released, or `None` if nobody held it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
+    pub async fn force_release(&self, name: &str) -> Result<Option<i64>> {
+        validate_name("lease name", name)?;
+        let inner = &self.inner;
+        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
+            .bind(name)
+            .bind(payload(&inner.schema, name))
+            .fetch_optional(&inner.pool)
+            .await
+            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        match row {
+            Some(r) => {
+                let token: i64 = r.try_get(0)?;
+                let holder: Option<String> = r.try_get(1)?;
+                tracing::warn!(
+                    name,
+                    token,
+                    holder = holder.as_deref(),
+                    "lease force-released"
+                );
+                Ok(Some(token))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Asks the holder of lease `name` to let go: its
+    /// [`release_requested`](LeaseRef::release_requested) resolves. Returns
+    /// the holder's token, or `None` if nobody holds the lease.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
+    pub async fn request_release(&self, name: &str) -> Result<Option<i64>> {
+        validate_name("lease name", name)?;
+        let inner = &self.inner;
+        let token = sqlx::query_scalar(sqlx::AssertSqlSafe(
+            inner.sql.lease_request_release.as_str(),
+        ))
+        .bind(name)
+        .bind(payload(&inner.schema, name))
+        .fetch_optional(&inner.pool)
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
+        Ok(token)
+    }
+}

@@ -1,0 +1,180 @@
+//! Waking waiters: one LISTEN connection per [`Locks`](crate::Locks), shared
+//! by every task that waits for a lease or a pool item.
+//!
+//! Release, complete, force-release and request-release send
+//! `NOTIFY pglock, '<schema>:<name>'` in the same statement as the change.
+//! The hub's task receives it and wakes the waiters of that name (and only
+//! them). A waiter subscribes *before* it looks at the row, so a release
+//! between its look and its sleep is never missed. The connection is opened
+//! on first need, beside the caller's pool, and reopened if it drops; after a
+//! reconnect every waiter is woken once, since notifications sent while the
+//! connection was down are lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::{Notify, watch};
+
+use crate::error::{Error, Result};
+use crate::sql::CHANNEL;
+
+/// The shared LISTEN connection of one `Locks`.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    state: Arc<HubState>,
+    /// Dropped with the hub; the listening task then ends.
+    _shutdown: watch::Sender<()>,
+    shutdown_rx: watch::Receiver<()>,
+    started: std::sync::Once,
+    sessions: PgPool,
+}
+
+#[derive(Debug)]
+struct HubState {
+    schema: String,
+    topics: Mutex<HashMap<String, Weak<Topic>>>,
+    /// Count of successful (re)connects; 0 until the first LISTEN is in place.
+    connected: watch::Sender<u64>,
+}
+
+/// What one name's waiters wait on.
+#[derive(Debug, Default)]
+pub(crate) struct Topic {
+    pub(crate) notify: Notify,
+}
+
+impl Hub {
+    pub(crate) fn new(schema: String, sessions: PgPool) -> Hub {
+        let (tx, rx) = watch::channel(());
+        Hub {
+            state: Arc::new(HubState {
+                schema,
+                topics: Mutex::new(HashMap::new()),
+                connected: watch::channel(0).0,
+            }),
+            _shutdown: tx,
+            shutdown_rx: rx,
+            started: std::sync::Once::new(),
+            sessions,
+        }
+    }
+
+    /// Subscribes to wake-ups for `name`, once the LISTEN is in place.
+    pub(crate) async fn subscribe(&self, name: &str) -> Result<Arc<Topic>> {
+        let topic = {
+            let mut topics = self.state.topics.lock().unwrap();
+            match topics.get(name).and_then(Weak::upgrade) {
+                Some(t) => t,
+                None => {
+                    let t = Arc::new(Topic::default());
+                    topics.insert(name.to_owned(), Arc::downgrade(&t));
+                    if topics.len() > 64 && topics.len().is_power_of_two() {
+                        topics.retain(|_, w| w.strong_count() > 0);
+                    }
+                    t
+                }
+            }
+        };
+        self.started.call_once(|| {
+            let state = self.state.clone();
+            let sessions = self.sessions.clone();
+            let shutdown = self.shutdown_rx.clone();
+            tokio::spawn(listen(state, sessions, shutdown));
+        });
+        let mut connected = self.state.connected.subscribe();
+        connected
+            .wait_for(|n| *n > 0)
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        Ok(topic)
+    }
+}
+
+impl HubState {
+    fn wake(&self, name: &str) {
+        let topic = self
+            .topics
+            .lock()
+            .unwrap()
+            .get(name)
+            .and_then(Weak::upgrade);
+        if let Some(t) = topic {
+            t.notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for t in topics {
+            t.notify.notify_waiters();
+        }
+    }
+}
+
+async fn listen(state: Arc<HubState>, sessions: PgPool, mut shutdown: watch::Receiver<()>) {
+    let prefix = format!("{}:", state.schema);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connect = async {
+            let mut l = PgListener::connect_with(&sessions).await?;
+            l.ignore_pool_close_event(true);
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            l = connect => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pglock LISTEN connection failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        backoff = Duration::from_millis(50);
+        state.connected.send_modify(|n| *n += 1);
+        state.wake_all();
+        loop {
+            let next = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Ok(Some(n)) => {
+                    if let Some(name) = n.payload().strip_prefix(&prefix) {
+                        state.wake(name);
+                    }
+                }
+                // Connection lost: notifications may have been missed.
+                // try_recv reconnects and re-LISTENs on the next call.
+                Ok(None) => {
+                    state.connected.send_modify(|n| *n += 1);
+                    state.wake_all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pglock LISTEN connection lost; reconnecting");
+                    state.wake_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The payload that wakes waiters of `name` in `schema`.
+pub(crate) fn payload(schema: &str, name: &str) -> String {
+    format!("{schema}:{name}")
+}
