@@ -40,13 +40,12 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres, Row};
-use tokio::sync::OwnedSemaphorePermit;
+use sqlx::{PgConnection, Row};
 use tokio::time::Instant;
 
 use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
 use crate::key::AdvisoryKey;
+use crate::session::{Session, on_statement_conn};
 use crate::{Locks, sql};
 
 /// How often [`AdvisoryGuard::lost`] checks that the session still holds the
@@ -133,8 +132,7 @@ impl Advisory {
     pub async fn lock(self) -> Result<AdvisoryGuard> {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let (permit, conn) = self.session(deadline).await?;
-        let mut armed = Armed(Some(conn));
+        let mut armed = Armed(Some(self.session(deadline).await?));
         let lock_timeout = match deadline {
             None => "0".to_owned(),
             Some(d) => {
@@ -153,12 +151,12 @@ impl Advisory {
             .bind(k)
             .bind(text)
             .bind(lock_timeout)
-            .fetch_one(&mut **armed.conn())
+            .fetch_one(armed.conn())
             .await;
         match row {
             Ok(row) => {
                 let pid: i32 = row.try_get(0)?;
-                Ok(self.guard(armed.disarm(), permit, pid))
+                Ok(self.guard(armed.disarm(), pid))
             }
             // `armed` closes the session: after an error we cannot be sure
             // the lock was not granted.
@@ -183,8 +181,7 @@ impl Advisory {
     pub async fn try_lock(self) -> Result<Option<AdvisoryGuard>> {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let (permit, conn) = self.session(deadline).await?;
-        let mut armed = Armed(Some(conn));
+        let mut armed = Armed(Some(self.session(deadline).await?));
         let (k, text) = self.key.binds();
         let stmt = if self.shared {
             sql::ADVISORY_TRY_LOCK_SHARED
@@ -194,11 +191,11 @@ impl Advisory {
         let row = sqlx::query(stmt)
             .bind(k)
             .bind(text)
-            .fetch_one(&mut **armed.conn())
+            .fetch_one(armed.conn())
             .await?;
         let pid: i32 = row.try_get(0)?;
         if row.try_get::<bool, _>(1)? {
-            Ok(Some(self.guard(armed.disarm(), permit, pid)))
+            Ok(Some(self.guard(armed.disarm(), pid)))
         } else {
             // Nothing held: the session goes back for reuse.
             drop(armed.disarm());
@@ -287,43 +284,25 @@ impl Advisory {
             .await?)
     }
 
-    /// A free session: a permit (bounds held sessions) and a connection.
-    async fn session(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<(OwnedSemaphorePermit, PoolConnection<Postgres>)> {
-        let inner = &self.locks.inner;
-        let get = async {
-            let permit = inner
-                .session_permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the session semaphore is never closed");
-            let conn = inner.sessions.acquire().await?;
-            Ok::<_, Error>((permit, conn))
-        };
+    /// A free session (waits while `max_sessions` guards are held).
+    async fn session(&self, deadline: Option<Instant>) -> Result<Session> {
+        let get = self.locks.inner.sessions.lock_session();
         match deadline {
-            None => get.await,
-            Some(d) => tokio::time::timeout_at(d, get).await.unwrap_or_else(|_| {
-                Err(Error::Timeout {
+            None => Ok(get.await?),
+            Some(d) => match tokio::time::timeout_at(d, get).await {
+                Ok(session) => Ok(session?),
+                Err(_) => Err(Error::Timeout {
                     what: self.what(),
                     waited: self.timeout.unwrap_or_default(),
-                })
-            }),
+                }),
+            },
         }
     }
 
-    fn guard(
-        &self,
-        conn: PoolConnection<Postgres>,
-        permit: OwnedSemaphorePermit,
-        pid: i32,
-    ) -> AdvisoryGuard {
+    fn guard(&self, session: Session, pid: i32) -> AdvisoryGuard {
         tracing::debug!(key = %self.key, shared = self.shared, pid, "advisory lock acquired");
         AdvisoryGuard {
-            conn: Some(conn),
-            permit: Some(permit),
+            session: Some(session),
             locks: self.locks.clone(),
             key: self.key.clone(),
             shared: self.shared,
@@ -334,37 +313,26 @@ impl Advisory {
 
 /// A session whose state is unknown until disarmed: dropped armed, it is
 /// closed rather than reused, and the server releases what it held.
-struct Armed(Option<PoolConnection<Postgres>>);
+struct Armed(Option<Session>);
 
 impl Armed {
-    fn conn(&mut self) -> &mut PoolConnection<Postgres> {
+    fn conn(&mut self) -> &mut PgConnection {
         self.0
             .as_mut()
             .expect("armed session present until disarmed")
+            .conn()
     }
 
-    fn disarm(mut self) -> PoolConnection<Postgres> {
+    fn disarm(mut self) -> Session {
         self.0.take().expect("armed session present until disarmed")
     }
 }
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            close(conn);
+        if let Some(mut session) = self.0.take() {
+            session.discard();
         }
-    }
-}
-
-/// Closes a session for good, so the server ends it and drops its locks.
-fn close(mut conn: PoolConnection<Postgres>) {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        conn.close_on_drop();
-        drop(conn);
-    } else {
-        // No runtime to close gracefully: dropping the raw connection closes
-        // its socket, which ends the session just the same.
-        drop(conn.detach());
     }
 }
 
@@ -376,8 +344,7 @@ fn close(mut conn: PoolConnection<Postgres>) {
 /// held.
 #[must_use = "dropping the guard releases the lock"]
 pub struct AdvisoryGuard {
-    conn: Option<PoolConnection<Postgres>>,
-    permit: Option<OwnedSemaphorePermit>,
+    session: Option<Session>,
     locks: Locks,
     key: AdvisoryKey,
     shared: bool,
@@ -420,14 +387,11 @@ impl AdvisoryGuard {
     /// server refused the unlock. Either way nothing stays held: the session
     /// is closed unless the unlock succeeded.
     pub async fn release(mut self) -> Result<()> {
-        let conn = self
-            .conn
+        let session = self
+            .session
             .take()
             .expect("guard holds its session until released");
-        let permit = self.permit.take();
-        let result = unlock(conn, &self.key, self.shared).await;
-        drop(permit);
-        match result {
+        match unlock(session, &self.key, self.shared).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost_error()),
             Err(e) if e.as_database_error().is_some() => Err(e.into()),
@@ -459,12 +423,14 @@ impl AdvisoryGuard {
         let mut failures = 0;
         loop {
             tokio::time::sleep(LOST_POLL).await;
-            let held = sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
-                .bind(k)
-                .bind(text)
-                .bind(self.pid)
-                .fetch_one(&self.locks.inner.pool)
-                .await;
+            let held = on_statement_conn!(self.locks.inner.sessions, |c| {
+                sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
+                    .bind(k)
+                    .bind(text)
+                    .bind(self.pid)
+                    .fetch_one(c)
+            })
+            .await;
             match held {
                 Ok(true) => failures = 0,
                 Ok(false) => break,
@@ -481,8 +447,9 @@ impl AdvisoryGuard {
     }
 }
 
+/// Unlocks; the session goes back for reuse only if the unlock succeeded.
 async fn unlock(
-    mut conn: PoolConnection<Postgres>,
+    mut session: Session,
     key: &AdvisoryKey,
     shared: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
@@ -495,10 +462,10 @@ async fn unlock(
     let result = sqlx::query_scalar::<_, bool>(stmt)
         .bind(k)
         .bind(text)
-        .fetch_one(&mut *conn)
+        .fetch_one(session.conn())
         .await;
     if !matches!(result, Ok(true)) {
-        close(conn);
+        session.discard();
     }
     result
 }
@@ -507,40 +474,38 @@ impl Deref for AdvisoryGuard {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        self.conn
+        self.session
             .as_ref()
             .expect("guard holds its session until released")
+            .conn_ref()
     }
 }
 
 impl DerefMut for AdvisoryGuard {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn
+        self.session
             .as_mut()
             .expect("guard holds its session until released")
+            .conn()
     }
 }
 
 impl Drop for AdvisoryGuard {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let permit = self.permit.take();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                // Armed until the unlock succeeds: if the task never runs
-                // (runtime shutting down) the session is closed, not reused.
-                let armed = Armed(Some(conn));
-                let key = self.key.clone();
-                let shared = self.shared;
-                rt.spawn(async move {
-                    let conn = armed.disarm();
-                    if let Err(e) = unlock(conn, &key, shared).await {
-                        tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
-                    }
-                    drop(permit);
-                });
-            }
-            Err(_) => close(conn),
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // Armed until the unlock succeeds: if the task never runs (runtime
+        // shutting down) the session is closed, not reused.
+        let armed = Armed(Some(session));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let key = self.key.clone();
+            let shared = self.shared;
+            rt.spawn(async move {
+                if let Err(e) = unlock(armed.disarm(), &key, shared).await {
+                    tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
+                }
+            });
         }
     }
 }

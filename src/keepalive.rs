@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::lease::Shared;
+use crate::session::{Sessions, on_statement_conn};
 
 /// The keep-alive task of one `Locks` and the leases it renews.
 #[derive(Debug, Default)]
@@ -47,7 +47,7 @@ struct RegistryState {
 
 impl KeepAlive {
     /// Starts renewing `lease` (starting the task if needed).
-    pub(crate) fn add(&self, lease: &Arc<Shared>, sessions: &PgPool, statement: &str) {
+    pub(crate) fn add(&self, lease: &Arc<Shared>, sessions: &Arc<Sessions>, statement: &str) {
         let mut state = self.registry.leases.lock().unwrap();
         state.by_token.insert(lease.token, Arc::downgrade(lease));
         if !state.running {
@@ -68,7 +68,7 @@ impl KeepAlive {
     }
 }
 
-async fn run(registry: Arc<Registry>, sessions: PgPool, statement: String) {
+async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String) {
     loop {
         let now = Instant::now();
         let (due, next_wake) = {
@@ -119,7 +119,7 @@ async fn run(registry: Arc<Registry>, sessions: PgPool, statement: String) {
 
 /// Renews `due` with one statement and records each outcome.
 pub(crate) async fn renew_batch(
-    pool: &PgPool,
+    sessions: &Arc<Sessions>,
     statement: &str,
     due: &[Arc<Shared>],
 ) -> Result<(), sqlx::Error> {
@@ -128,13 +128,15 @@ pub(crate) async fn renew_batch(
     let owners: Vec<uuid::Uuid> = due.iter().map(|s| s.owner).collect();
     let ttls: Vec<i64> = due.iter().map(|s| s.ttl.as_millis() as i64).collect();
     let sent = Instant::now();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(statement))
-        .bind(&names)
-        .bind(&tokens)
-        .bind(&owners)
-        .bind(&ttls)
-        .fetch_all(pool)
-        .await?;
+    let rows = on_statement_conn!(sessions, |c| {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(&names)
+            .bind(&tokens)
+            .bind(&owners)
+            .bind(&ttls)
+            .fetch_all(c)
+    })
+    .await?;
     let mut renewed: HashMap<i64, (chrono::DateTime<chrono::Utc>, bool)> = HashMap::new();
     for row in rows {
         renewed.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));

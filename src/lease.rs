@@ -51,6 +51,7 @@ use uuid::Uuid;
 use crate::Locks;
 use crate::error::{Error, FENCE_FAILED, Result, sqlstate};
 use crate::key::validate_name;
+use crate::session::on_statement_conn;
 use crate::wait::payload;
 
 /// Default lease TTL.
@@ -204,15 +205,17 @@ impl LeaseRequest {
         let owner = Uuid::new_v4();
         let holder = self.holder.as_deref().unwrap_or(&inner.holder);
         let sent = Instant::now();
-        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_acquire.as_str()))
-            .bind(&self.name)
-            .bind(owner)
-            .bind(holder)
-            .bind(self.ttl.as_millis() as i64)
-            .bind(&self.data)
-            .fetch_optional(&inner.pool)
-            .await
-            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
+            inner.sql.lease_acquire.as_str()
+        ))
+        .bind(&self.name)
+        .bind(owner)
+        .bind(holder)
+        .bind(self.ttl.as_millis() as i64)
+        .bind(&self.data)
+        .fetch_optional(c))
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
         let Some(row) = row else {
             // Lost an insert race with another first-time taker: look again.
             return Ok(Attempt::Held {
@@ -518,7 +521,7 @@ impl LeaseRef {
         self.shared.check()?;
         let inner = &self.locks.inner;
         crate::keepalive::renew_batch(
-            &inner.pool,
+            &inner.sessions,
             &inner.sql.lease_renew,
             std::slice::from_ref(&self.shared),
         )
@@ -539,15 +542,17 @@ impl LeaseRef {
         let inner = &self.locks.inner;
         let s = &self.shared;
         let sent = Instant::now();
-        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_set_data.as_str()))
-            .bind(&s.name)
-            .bind(s.token)
-            .bind(s.owner)
-            .bind(&data)
-            .bind(s.ttl.as_millis() as i64)
-            .fetch_optional(&inner.pool)
-            .await
-            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
+            inner.sql.lease_set_data.as_str()
+        ))
+        .bind(&s.name)
+        .bind(s.token)
+        .bind(s.owner)
+        .bind(&data)
+        .bind(s.ttl.as_millis() as i64)
+        .fetch_optional(c))
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
         match row {
             Some(row) => {
                 s.renewed(sent, row.try_get(0)?, row.try_get(1)?);
@@ -641,12 +646,12 @@ impl LeaseRef {
             let notified = topic.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            let requested = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(
-                inner.sql.lease_release_requested.as_str(),
-            ))
+            let requested = on_statement_conn!(inner.sessions, |c| sqlx::query_scalar::<_, bool>(
+                sqlx::AssertSqlSafe(inner.sql.lease_release_requested.as_str(),)
+            )
             .bind(&self.shared.name)
             .bind(self.shared.token)
-            .fetch_optional(&inner.pool)
+            .fetch_optional(c))
             .await;
             if let Ok(Some(true)) = requested {
                 self.shared
@@ -779,14 +784,16 @@ impl Lease {
 async fn release(h: &LeaseRef) -> Result<()> {
     let inner = &h.locks.inner;
     let s = &h.shared;
-    let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_release.as_str()))
-        .bind(&s.name)
-        .bind(s.token)
-        .bind(s.owner)
-        .bind(payload(&inner.schema, &s.name))
-        .fetch_optional(&inner.pool)
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
+    let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
+        inner.sql.lease_release.as_str()
+    ))
+    .bind(&s.name)
+    .bind(s.token)
+    .bind(s.owner)
+    .bind(payload(&inner.schema, &s.name))
+    .fetch_optional(c))
+    .await
+    .map_err(|e| Error::from_db(e, &inner.schema))?;
     s.mark_lost_quiet();
     match row {
         Some(_) => Ok(()),
@@ -851,10 +858,12 @@ impl Locks {
     /// [`Error::NotMigrated`]; [`Error::Database`].
     pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
         let inner = &self.inner;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_list.as_str()))
-            .fetch_all(&inner.pool)
-            .await
-            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let rows = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
+            inner.sql.lease_list.as_str()
+        ))
+        .fetch_all(c))
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
         rows.into_iter()
             .map(|r| {
                 let ms: Option<f64> = r.try_get("expires_in_ms")?;
@@ -883,12 +892,14 @@ impl Locks {
     pub async fn force_release(&self, name: &str) -> Result<Option<i64>> {
         validate_name("lease name", name)?;
         let inner = &self.inner;
-        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
-            .bind(name)
-            .bind(payload(&inner.schema, name))
-            .fetch_optional(&inner.pool)
-            .await
-            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
+            inner.sql.lease_force_release.as_str()
+        ))
+        .bind(name)
+        .bind(payload(&inner.schema, name))
+        .fetch_optional(c))
+        .await
+        .map_err(|e| Error::from_db(e, &inner.schema))?;
         match row {
             Some(r) => {
                 let token: i64 = r.try_get(0)?;
@@ -915,12 +926,12 @@ impl Locks {
     pub async fn request_release(&self, name: &str) -> Result<Option<i64>> {
         validate_name("lease name", name)?;
         let inner = &self.inner;
-        let token = sqlx::query_scalar(sqlx::AssertSqlSafe(
-            inner.sql.lease_request_release.as_str(),
-        ))
+        let token = on_statement_conn!(inner.sessions, |c| sqlx::query_scalar(
+            sqlx::AssertSqlSafe(inner.sql.lease_request_release.as_str(),)
+        )
         .bind(name)
         .bind(payload(&inner.schema, name))
-        .fetch_optional(&inner.pool)
+        .fetch_optional(c))
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
         Ok(token)

@@ -9,6 +9,7 @@ mod key;
 mod lease;
 mod locks;
 mod migrate;
+mod session;
 mod sql;
 mod wait;
 
@@ -18,5 +19,7 @@ pub use key::{AdvisoryKey, MAX_NAME_BYTES};
 pub use lease::{
     DEFAULT_TTL, Lease, LeaseInfo, LeaseRef, LeaseRequest, MAX_DATA_BYTES, MAX_TTL, MIN_TTL,
 };
-pub use locks::{DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, Locks, LocksBuilder};
+pub use locks::{
+    DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, DEFAULT_STATEMENT_CONNECTIONS, Locks, LocksBuilder,
+};
 pub use migrate::{MIGRATIONS_TABLE, latest_version};

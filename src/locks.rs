@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Executor;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tokio::sync::Semaphore;
 
 use crate::advisory::Advisory;
 use crate::error::{Error, Result};
@@ -17,16 +15,27 @@ pub const DEFAULT_SCHEMA: &str = "pglock";
 /// Default number of advisory lock sessions a [`Locks`] may hold at once.
 pub const DEFAULT_MAX_SESSIONS: u32 = 16;
 
+/// Default number of connections a [`Locks`] uses for short statements
+/// (lease operations, renewals, claims) at once.
+pub const DEFAULT_STATEMENT_CONNECTIONS: u32 = 8;
+
 /// The handle to pglock: advisory locks, leases, pools and semaphores on one
 /// PostgreSQL database. Cheap to clone; clones share everything.
 ///
-/// Short statements (lease acquire, renew, release, claim) run on the pool
-/// you pass in. Connections that stay checked out for a long time — the
-/// session behind each held [`AdvisoryGuard`](crate::AdvisoryGuard), and one
-/// connection for LISTEN — are opened *beside* that pool with the same
-/// connect options, so holding locks never starves your own queries. A
-/// `Locks` opens at most [`max_sessions`](LocksBuilder::max_sessions) + 2 of
-/// them.
+/// # Connections
+///
+/// pglock opens its connections *beside* the pool you pass in, with the same
+/// connect options, so holding locks never starves your own queries and a
+/// busy application pool never delays a renewal: at most
+/// [`max_sessions`](LocksBuilder::max_sessions) advisory sessions (one per
+/// held [`AdvisoryGuard`](crate::AdvisoryGuard), default 16),
+/// [`statement_connections`](LocksBuilder::statement_connections) for lease
+/// operations and renewals (default 8), and one LISTEN connection, all opened
+/// on first need and closed after five idle minutes. Your pool itself is
+/// only read for its connect options; your transactions (`fence`,
+/// `lock_xact`) run on the connections you pass.
+///
+/// Create it inside a Tokio runtime.
 #[derive(Clone, Debug)]
 pub struct Locks {
     pub(crate) inner: Arc<Inner>,
@@ -34,14 +43,11 @@ pub struct Locks {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    /// The caller's pool, for short statements.
+    /// The caller's pool: its connect options are pglock's.
     pub(crate) pool: PgPool,
-    /// Connections beside the caller's pool: advisory lock sessions and the
-    /// LISTEN connection. No ping before each use (the lock statement is the
-    /// ping), so a lock costs one round trip.
-    pub(crate) sessions: PgPool,
-    /// Bounds how many advisory sessions are checked out at once.
-    pub(crate) session_permits: Arc<Semaphore>,
+    /// pglock's own connections beside the caller's pool: advisory lock
+    /// sessions and short statements, without sqlx's pings.
+    pub(crate) sessions: Arc<crate::session::Sessions>,
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) holder: String,
@@ -69,6 +75,7 @@ impl Locks {
             schema: DEFAULT_SCHEMA.to_owned(),
             holder: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            statement_connections: DEFAULT_STATEMENT_CONNECTIONS,
         }
     }
 
@@ -118,7 +125,13 @@ impl Locks {
         &self.inner.holder
     }
 
-    /// The caller's pool this handle runs short statements on.
+    /// The SQL pglock sends, with this handle's schema (for benchmarks).
+    #[doc(hidden)]
+    pub fn __statements(&self) -> &crate::sql::Statements {
+        &self.inner.sql
+    }
+
+    /// The pool this handle was created with.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
@@ -132,6 +145,7 @@ pub struct LocksBuilder {
     schema: String,
     holder: Option<String>,
     max_sessions: u32,
+    statement_connections: u32,
 }
 
 impl LocksBuilder {
@@ -156,13 +170,20 @@ impl LocksBuilder {
         self
     }
 
+    /// How many connections this handle uses at once for short statements
+    /// (lease acquire, renew, release, claims; default 8).
+    pub fn statement_connections(mut self, n: u32) -> Self {
+        self.statement_connections = n;
+        self
+    }
+
     /// Checks the options and creates the handle. No connection is opened.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a schema that is not a plain identifier,
-    /// an empty or oversized holder label, or `max_sessions` outside
-    /// `1..=10000`.
+    /// an empty or oversized holder label, `max_sessions` outside `1..=10000`
+    /// or `statement_connections` outside `1..=1000`.
     pub fn build(self) -> Result<Locks> {
         let quoted_schema = quote_schema(&self.schema)?;
         let holder = match self.holder {
@@ -178,34 +199,34 @@ impl LocksBuilder {
                 format!("must be between 1 and 10000, got {}", self.max_sessions),
             ));
         }
+        if !(1..=1000).contains(&self.statement_connections) {
+            return Err(Error::invalid(
+                "statement_connections",
+                format!(
+                    "must be between 1 and 1000, got {}",
+                    self.statement_connections
+                ),
+            ));
+        }
         let options = (*self.pool.connect_options()).clone();
-        let sessions = PgPoolOptions::new()
-            .max_connections(self.max_sessions + 2)
+        let sessions = crate::session::Sessions::new(
+            options.clone(),
+            self.max_sessions,
+            self.statement_connections,
+        );
+        // PgListener needs a sqlx pool: a private one, for that connection only.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(2)
             .min_connections(0)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(24 * 3600))
-            .idle_timeout(Duration::from_secs(300))
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // A session whose client went away (a cancelled lock()
-                    // future closes its socket) ends within 250 ms even while
-                    // it waits for a lock, and so releases everything.
-                    if conn.server_version_num().unwrap_or(0) >= 140_000 {
-                        conn.execute("SET client_connection_check_interval = 250")
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
+            .acquire_timeout(Duration::from_secs(30))
             .connect_lazy_with(options);
         Ok(Locks {
             inner: Arc::new(Inner {
                 pool: self.pool,
                 sql: crate::sql::Statements::new(&quoted_schema),
-                hub: crate::wait::Hub::new(self.schema.clone(), sessions.clone()),
+                hub: crate::wait::Hub::new(self.schema.clone(), listen_pool),
                 keepalive: Default::default(),
                 sessions,
-                session_permits: Arc::new(Semaphore::new(self.max_sessions as usize)),
                 schema: self.schema,
                 quoted_schema,
                 holder,

@@ -186,17 +186,20 @@ SELECT name, token, holder,
   FROM {s}.leases ORDER BY name";
 
 /// The statements on pglock's tables, with the schema filled in once.
+/// Public only for pglock's benchmarks, which time the same SQL sent raw.
 #[derive(Debug)]
-pub(crate) struct Statements {
-    pub(crate) lease_acquire: String,
-    pub(crate) lease_renew: String,
-    pub(crate) lease_set_data: String,
-    pub(crate) lease_release: String,
-    pub(crate) lease_fence: String,
-    pub(crate) lease_request_release: String,
-    pub(crate) lease_release_requested: String,
-    pub(crate) lease_force_release: String,
-    pub(crate) lease_list: String,
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub struct Statements {
+    pub lease_acquire: String,
+    pub lease_renew: String,
+    pub lease_set_data: String,
+    pub lease_release: String,
+    pub lease_fence: String,
+    pub lease_request_release: String,
+    pub lease_release_requested: String,
+    pub lease_force_release: String,
+    pub lease_list: String,
 }
 
 impl Statements {

@@ -28,7 +28,7 @@ pub(crate) struct Hub {
     _shutdown: watch::Sender<()>,
     shutdown_rx: watch::Receiver<()>,
     started: std::sync::Once,
-    sessions: PgPool,
+    listen_pool: PgPool,
 }
 
 #[derive(Debug)]
@@ -46,7 +46,7 @@ pub(crate) struct Topic {
 }
 
 impl Hub {
-    pub(crate) fn new(schema: String, sessions: PgPool) -> Hub {
+    pub(crate) fn new(schema: String, listen_pool: PgPool) -> Hub {
         let (tx, rx) = watch::channel(());
         Hub {
             state: Arc::new(HubState {
@@ -57,7 +57,7 @@ impl Hub {
             _shutdown: tx,
             shutdown_rx: rx,
             started: std::sync::Once::new(),
-            sessions,
+            listen_pool,
         }
     }
 
@@ -79,9 +79,9 @@ impl Hub {
         };
         self.started.call_once(|| {
             let state = self.state.clone();
-            let sessions = self.sessions.clone();
+            let listen_pool = self.listen_pool.clone();
             let shutdown = self.shutdown_rx.clone();
-            tokio::spawn(listen(state, sessions, shutdown));
+            tokio::spawn(listen(state, listen_pool, shutdown));
         });
         let mut connected = self.state.connected.subscribe();
         connected
@@ -119,12 +119,12 @@ impl HubState {
     }
 }
 
-async fn listen(state: Arc<HubState>, sessions: PgPool, mut shutdown: watch::Receiver<()>) {
+async fn listen(state: Arc<HubState>, listen_pool: PgPool, mut shutdown: watch::Receiver<()>) {
     let prefix = format!("{}:", state.schema);
     let mut backoff = Duration::from_millis(50);
     loop {
         let connect = async {
-            let mut l = PgListener::connect_with(&sessions).await?;
+            let mut l = PgListener::connect_with(&listen_pool).await?;
             l.ignore_pool_close_event(true);
             l.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)

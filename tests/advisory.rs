@@ -309,9 +309,8 @@ async fn cancelled_lock_leaves_nothing_held() {
     }
     // Uncontended: the future may complete; dropped at every point before.
     for i in 0..12 {
-        match poll_then_drop(other.advisory(&key).lock(), i).await {
-            Some(guard) => guard.unwrap().release().await.unwrap(),
-            None => {}
+        if let Some(guard) = poll_then_drop(other.advisory(&key).lock(), i).await {
+            guard.unwrap().release().await.unwrap()
         }
         assert_released(&t.pool, k, 5).await;
     }
@@ -381,12 +380,12 @@ async fn transaction_locks_exclude_and_end_with_the_transaction() {
     let t = db().await;
     let key = unique_key();
     let mut tx1 = t.pool.begin().await.unwrap();
-    t.locks.advisory(&key).lock_xact(&mut *tx1).await.unwrap();
+    t.locks.advisory(&key).lock_xact(&mut tx1).await.unwrap();
     let mut tx2 = t.pool.begin().await.unwrap();
     assert!(
         !t.locks
             .advisory(&key)
-            .try_lock_xact(&mut *tx2)
+            .try_lock_xact(&mut tx2)
             .await
             .unwrap()
     );
@@ -396,7 +395,7 @@ async fn transaction_locks_exclude_and_end_with_the_transaction() {
     assert!(
         t.locks
             .advisory(&key)
-            .try_lock_xact(&mut *tx2)
+            .try_lock_xact(&mut tx2)
             .await
             .unwrap()
     );
@@ -416,7 +415,7 @@ async fn timed_transaction_lock_restores_lock_timeout() {
     t.locks
         .advisory(&key)
         .timeout(Duration::from_millis(300))
-        .lock_xact(&mut *tx)
+        .lock_xact(&mut tx)
         .await
         .unwrap();
     let lt: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
@@ -430,7 +429,7 @@ async fn timed_transaction_lock_restores_lock_timeout() {
         .locks
         .advisory(&key)
         .timeout(Duration::from_millis(100))
-        .lock_xact(&mut *tx2)
+        .lock_xact(&mut tx2)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");

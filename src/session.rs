@@ -1,0 +1,232 @@
+//! pglock's own connections, opened beside the caller's pool with the same
+//! connect options.
+//!
+//! sqlx's pool pings a connection when it hands it out (by default) and
+//! again when it takes it back: up to two extra round trips around a
+//! one-statement operation, half the throughput of a lock+unlock cycle. This
+//! small cache hands out idle connections as they are, pinging only those
+//! idle for more than a second, and takes them back without a ping. A
+//! connection whose state is unknown (a cancelled lock, an error from a lock
+//! statement) is never put back: the caller closes it.
+//!
+//! Two budgets share the idle connections: advisory sessions, held for a
+//! whole critical section (`max_sessions`), and short statements (lease
+//! operations, renewals; `statement_connections`). Held locks therefore never
+//! starve renewals.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A connection idle longer than this is pinged before reuse.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// A connection idle longer than this is closed.
+const MAX_IDLE: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    pub(crate) locks: Arc<Semaphore>,
+    statements: Arc<Semaphore>,
+}
+
+/// A checked-out connection; goes back to the idle list when dropped, unless
+/// taken with [`Session::into_conn`] or marked with [`Session::discard`].
+#[derive(Debug)]
+pub(crate) struct Session {
+    conn: Option<PgConnection>,
+    /// Whether the connection was reused (not freshly opened).
+    pub(crate) reused: bool,
+    home: Arc<Sessions>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Sessions {
+    pub(crate) fn new(options: PgConnectOptions, max_sessions: u32, statements: u32) -> Arc<Self> {
+        Arc::new(Sessions {
+            options,
+            idle: Mutex::new(Vec::new()),
+            locks: Arc::new(Semaphore::new(max_sessions as usize)),
+            statements: Arc::new(Semaphore::new(statements as usize)),
+        })
+    }
+
+    /// A connection for an advisory lock session.
+    pub(crate) async fn lock_session(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
+        let permit = self
+            .locks
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.checkout(permit).await
+    }
+
+    /// A connection for one short statement.
+    pub(crate) async fn statement(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
+        let permit = self
+            .statements
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.checkout(permit).await
+    }
+
+    async fn checkout(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Session, sqlx::Error> {
+        loop {
+            let popped = {
+                let mut idle = self.idle.lock().unwrap();
+                let now = Instant::now();
+                // Oldest first in the list: drop the stale ones.
+                let stale = idle.iter().take_while(|(_, t)| now - *t > MAX_IDLE).count();
+                let stale: Vec<_> = idle.drain(..stale).collect();
+                let popped = idle.pop();
+                drop(idle);
+                drop(stale);
+                popped
+            };
+            let Some((mut conn, since)) = popped else {
+                break;
+            };
+            if since.elapsed() > PING_AFTER_IDLE && conn.ping().await.is_err() {
+                continue;
+            }
+            return Ok(Session {
+                conn: Some(conn),
+                reused: true,
+                home: self.clone(),
+                _permit: permit,
+            });
+        }
+        let conn = self.connect().await?;
+        Ok(Session {
+            conn: Some(conn),
+            reused: false,
+            home: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        // A session whose client went away (a cancelled lock() closes its
+        // socket) ends within 250 ms even while it waits for a lock, and so
+        // releases everything it held or was about to be granted.
+        if conn.server_version_num().unwrap_or(0) >= 140_000 {
+            conn.execute("SET client_connection_check_interval = 250")
+                .await?;
+        }
+        Ok(conn)
+    }
+}
+
+/// Runs `$body` with `$c: &mut PgConnection` on a statement connection,
+/// evaluating to `Result<T, sqlx::Error>`. If a reused connection turns out
+/// dead (closed by a server restart or a terminated backend), runs it once
+/// more on a new one: a dead session holds nothing. Other broken connections
+/// are closed, never reused.
+macro_rules! on_statement_conn {
+    ($sessions:expr, |$c:ident| $body:expr) => {
+        async {
+            let sessions = &$sessions;
+            let mut session = sessions.statement().await?;
+            let first = {
+                let $c = session.conn();
+                $body.await
+            };
+            match first {
+                Err(e) if session.reused && $crate::session::is_dead(&e) => {
+                    session.discard();
+                    let mut fresh = sessions.statement().await?;
+                    let out = {
+                        let $c = fresh.conn();
+                        $body.await
+                    };
+                    if let Err(e) = &out {
+                        fresh.discard_if_broken(e);
+                    }
+                    out
+                }
+                Err(e) => {
+                    session.discard_if_broken(&e);
+                    Err(e)
+                }
+                ok => ok,
+            }
+        }
+    };
+}
+pub(crate) use on_statement_conn;
+
+/// Errors that mean the connection is gone, not that the statement failed.
+pub(crate) fn is_dead(e: &sqlx::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        sqlx::Error::Io(io) => {
+            matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted | NotConnected
+            )
+        }
+        // "terminating connection due to administrator command" and friends.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+impl Session {
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("session holds its connection")
+    }
+
+    pub(crate) fn conn_ref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("session holds its connection")
+    }
+
+    /// Closes the connection instead of reusing it.
+    pub(crate) fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(conn);
+        }
+    }
+
+    /// Discards the connection unless `e` is an ordinary statement error on
+    /// a healthy connection.
+    pub(crate) fn discard_if_broken(&mut self, e: &sqlx::Error) {
+        let statement_error = matches!(e, sqlx::Error::Database(_)) && !is_dead(e);
+        if !statement_error {
+            self.discard();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.home.idle.lock().unwrap().push((conn, Instant::now()));
+        }
+    }
+}
+
+/// Closes a connection for good, so the server ends the session and drops
+/// its locks: gracefully in a task when a runtime is there, else by dropping
+/// the socket.
+pub(crate) fn close(conn: PgConnection) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+            });
+        }
+        Err(_) => drop(conn),
+    }
+}
