@@ -218,3 +218,32 @@ impl Statements {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README documents every statement for other languages: it must
+    /// show them exactly as pglock sends them.
+    #[test]
+    fn readme_documents_every_statement_verbatim() {
+        let readme = include_str!("../README.md");
+        let st = Statements::new("pglock");
+        for (name, sql) in [
+            ("acquire", &st.lease_acquire),
+            ("renew", &st.lease_renew),
+            ("set data", &st.lease_set_data),
+            ("release", &st.lease_release),
+            ("fence", &st.lease_fence),
+            ("request release", &st.lease_request_release),
+            ("release requested", &st.lease_release_requested),
+            ("force release", &st.lease_force_release),
+            ("list", &st.lease_list),
+        ] {
+            assert!(
+                readme.contains(sql.as_str()),
+                "README lacks the {name} statement:\n{sql}"
+            );
+        }
+    }
+}
