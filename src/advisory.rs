@@ -423,14 +423,19 @@ impl AdvisoryGuard {
         let mut failures = 0;
         loop {
             tokio::time::sleep(LOST_POLL).await;
-            let held = on_statement_conn!(self.locks.inner.sessions, |c| {
+            let check = on_statement_conn!(self.locks.inner.sessions, |c| {
                 sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
                     .bind(k)
                     .bind(text)
                     .bind(self.pid)
                     .fetch_one(c)
-            })
-            .await;
+            });
+            // A cut network never answers: no answer in time counts as a
+            // failed check.
+            let held = match tokio::time::timeout(LOST_POLL * 2, check).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", LOST_POLL * 2)),
+            };
             match held {
                 Ok(true) => failures = 0,
                 Ok(false) => break,

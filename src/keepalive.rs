@@ -103,7 +103,21 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
             }
             continue;
         }
-        if let Err(e) = renew_batch(&sessions, &statement, &due).await {
+        // A renewal that cannot finish before the first deadline is useless:
+        // give up on it then (a cut network never answers) and retry.
+        let limit = due
+            .iter()
+            .map(|s| s.remaining())
+            .min()
+            .unwrap_or_default()
+            .max(Duration::from_millis(50));
+        let outcome =
+            match tokio::time::timeout(limit, renew_batch(&sessions, &statement, &due)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            };
+        if let Err(e) = outcome {
             let retry = due
                 .iter()
                 .map(|s| (s.ttl / 10).min(Duration::from_secs(1)))

@@ -25,9 +25,9 @@
 //! # Clocks
 //!
 //! The server decides expiry with `clock_timestamp()`. The holder keeps its
-//! own deadline on its monotonic clock, counted from *before* it sent the
-//! acquire or renew, so the holder's deadline always passes no later than
-//! the server's expiry. [`LeaseRef::lost`] resolves at that deadline at the
+//! own deadline on its monotonic clock: 90% of the TTL, counted from
+//! *before* it sent the acquire or renew, so the holder's deadline passes at
+//! least a tenth of the TTL before the server's expiry. [`LeaseRef::lost`] resolves at that deadline at the
 //! latest; [`LeaseRef::remaining`] tells how much is left.
 //!
 //! # Dropping
@@ -315,6 +315,13 @@ pub(crate) fn jitter() -> Duration {
     Duration::from_micros((Uuid::new_v4().as_u128() % 25_000) as u64)
 }
 
+/// The holder's share of a TTL: 90%, counted from before the request was
+/// sent. Its deadline therefore passes at least a tenth of the TTL before the
+/// server's expiry, even with the client's clock running fast.
+pub(crate) fn local_ttl(ttl: Duration) -> Duration {
+    ttl - ttl / 10
+}
+
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < MIN_TTL || ttl > MAX_TTL {
         return Err(Error::invalid(
@@ -388,7 +395,7 @@ impl Shared {
             ttl,
             data: Mutex::new(data),
             state: watch::Sender::new(State {
-                deadline: sent + ttl,
+                deadline: sent + local_ttl(ttl),
                 next_renewal: sent + ttl / 3,
                 expires_at,
                 lost: false,
@@ -402,6 +409,15 @@ impl Shared {
         s.lost || Instant::now() >= s.deadline
     }
 
+    /// Time left before the local deadline; zero once lost.
+    pub(crate) fn remaining(&self) -> Duration {
+        let s = *self.state.borrow();
+        if s.lost {
+            return Duration::ZERO;
+        }
+        s.deadline.saturating_duration_since(Instant::now())
+    }
+
     pub(crate) fn next_renewal(&self) -> Instant {
         self.state.borrow().next_renewal
     }
@@ -411,7 +427,7 @@ impl Shared {
             if s.lost {
                 return false;
             }
-            s.deadline = sent + self.ttl;
+            s.deadline = sent + local_ttl(self.ttl);
             s.next_renewal = sent + self.ttl / 3;
             s.expires_at = expires_at;
             s.release_requested |= requested;
@@ -497,11 +513,7 @@ impl LeaseRef {
     /// Time left before the holder's own (conservative) deadline; zero once
     /// lost.
     pub fn remaining(&self) -> Duration {
-        let s = *self.shared.state.borrow();
-        if s.lost {
-            return Duration::ZERO;
-        }
-        s.deadline.saturating_duration_since(Instant::now())
+        self.shared.remaining()
     }
 
     /// The JSON payload: as found at acquire time, or as last set.

@@ -40,6 +40,9 @@ pub(crate) struct Sessions {
 #[derive(Debug)]
 pub(crate) struct Session {
     conn: Option<PgConnection>,
+    /// Set while a statement runs: dropped then (a cancelled or timed-out
+    /// caller), the connection's state is unknown and it is closed.
+    pub(crate) in_flight: bool,
     /// Whether the connection was reused (not freshly opened).
     pub(crate) reused: bool,
     home: Arc<Sessions>,
@@ -102,6 +105,7 @@ impl Sessions {
             }
             return Ok(Session {
                 conn: Some(conn),
+                in_flight: false,
                 reused: true,
                 home: self.clone(),
                 _permit: permit,
@@ -110,6 +114,7 @@ impl Sessions {
         let conn = self.connect().await?;
         Ok(Session {
             conn: Some(conn),
+            in_flight: false,
             reused: false,
             home: self.clone(),
             _permit: permit,
@@ -139,18 +144,22 @@ macro_rules! on_statement_conn {
         async {
             let sessions = &$sessions;
             let mut session = sessions.statement().await?;
+            session.in_flight = true;
             let first = {
                 let $c = session.conn();
                 $body.await
             };
+            session.in_flight = false;
             match first {
                 Err(e) if session.reused && $crate::session::is_dead(&e) => {
                     session.discard();
                     let mut fresh = sessions.statement().await?;
+                    fresh.in_flight = true;
                     let out = {
                         let $c = fresh.conn();
                         $body.await
                     };
+                    fresh.in_flight = false;
                     if let Err(e) = &out {
                         fresh.discard_if_broken(e);
                     }
@@ -211,6 +220,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if self.in_flight {
+            self.discard();
+        }
         if let Some(conn) = self.conn.take() {
             self.home.idle.lock().unwrap().push((conn, Instant::now()));
         }
