@@ -137,6 +137,7 @@ pub(crate) async fn renew_batch(
     statement: &str,
     due: &[Arc<Shared>],
 ) -> Result<(), sqlx::Error> {
+    let pools: Vec<&str> = due.iter().map(|s| s.pool.as_str()).collect();
     let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
     let tokens: Vec<i64> = due.iter().map(|s| s.token).collect();
     let owners: Vec<uuid::Uuid> = due.iter().map(|s| s.owner).collect();
@@ -144,6 +145,7 @@ pub(crate) async fn renew_batch(
     let sent = Instant::now();
     let rows = on_statement_conn!(sessions, |c| {
         sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(&pools)
             .bind(&names)
             .bind(&tokens)
             .bind(&owners)

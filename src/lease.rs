@@ -52,7 +52,7 @@ use crate::Locks;
 use crate::error::{Error, FENCE_FAILED, Result, sqlstate};
 use crate::key::validate_name;
 use crate::session::on_statement_conn;
-use crate::wait::payload;
+use crate::wait::{lease_topic, payload, pool_topic};
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -225,6 +225,7 @@ impl LeaseRequest {
         };
         if row.try_get::<bool, _>("acquired")? {
             let shared = Shared::new(
+                String::new(),
                 self.name.clone(),
                 row.try_get("token")?,
                 owner,
@@ -355,6 +356,8 @@ pub(crate) fn validate_data(data: &Value) -> Result<()> {
 /// State shared by a lease, its [`LeaseRef`]s and the keep-alive task.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// '' for a plain lease, else the pool of this item.
+    pub(crate) pool: String,
     pub(crate) name: String,
     pub(crate) token: i64,
     pub(crate) owner: Uuid,
@@ -377,7 +380,8 @@ struct State {
 
 impl Shared {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
+        pool: String,
         name: String,
         token: i64,
         owner: Uuid,
@@ -388,6 +392,7 @@ impl Shared {
         data: Option<Value>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
+            pool,
             name,
             token,
             owner,
@@ -489,6 +494,11 @@ impl LeaseRef {
         &self.shared.name
     }
 
+    /// The pool this lease is an item of, or `None` for a plain lease.
+    pub fn pool(&self) -> Option<&str> {
+        Some(self.shared.pool.as_str()).filter(|p| !p.is_empty())
+    }
+
     /// The fencing token: greater than every token issued before it.
     pub fn token(&self) -> i64 {
         self.shared.token
@@ -557,6 +567,7 @@ impl LeaseRef {
         let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
             inner.sql.lease_set_data.as_str()
         ))
+        .bind(&s.pool)
         .bind(&s.name)
         .bind(s.token)
         .bind(s.owner)
@@ -596,6 +607,7 @@ impl LeaseRef {
         self.shared.check()?;
         let inner = &self.locks.inner;
         let result = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_fence.as_str()))
+            .bind(&self.shared.pool)
             .bind(&self.shared.name)
             .bind(self.shared.token)
             .execute(conn)
@@ -646,7 +658,11 @@ impl LeaseRef {
         let inner = &self.locks.inner;
         let mut rx = self.shared.state.subscribe();
         let topic = loop {
-            match inner.hub.subscribe(&self.shared.name).await {
+            match inner
+                .hub
+                .subscribe(&lease_topic(&self.shared.pool, &self.shared.name))
+                .await
+            {
                 Ok(t) => break t,
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -661,6 +677,7 @@ impl LeaseRef {
             let requested = on_statement_conn!(inner.sessions, |c| sqlx::query_scalar::<_, bool>(
                 sqlx::AssertSqlSafe(inner.sql.lease_release_requested.as_str(),)
             )
+            .bind(&self.shared.pool)
             .bind(&self.shared.name)
             .bind(self.shared.token)
             .fetch_optional(c))
@@ -749,6 +766,29 @@ impl Lease {
         release(&self.handle).await
     }
 
+    /// Marks a pool item done for good: it is never claimed again. Wakes the
+    /// pool's waiters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a plain lease (only pool items can be
+    /// completed; release it instead); [`Error::LeaseLost`] if the item was
+    /// no longer ours; [`Error::Database`].
+    pub async fn complete(mut self) -> Result<()> {
+        if self.handle.shared.pool.is_empty() {
+            return Err(Error::invalid(
+                "lease",
+                format!(
+                    "{:?} is a plain lease; only pool items can be completed",
+                    self.name()
+                ),
+            ));
+        }
+        self.done = true;
+        self.stop_keep_alive();
+        finish(&self.handle, &self.handle.locks.inner.sql.item_complete).await
+    }
+
     /// Stops renewing and forgets the lease without releasing it: it stays
     /// held until its TTL runs out (crash-like hand-over).
     pub fn orphan(mut self) {
@@ -793,16 +833,28 @@ impl Lease {
     }
 }
 
+/// Releases (or, with `complete`, completes) the lease if still ours.
 async fn release(h: &LeaseRef) -> Result<()> {
+    let sql = &h.locks.inner.sql;
+    let statement = if h.shared.pool.is_empty() {
+        &sql.lease_release
+    } else {
+        &sql.item_release
+    };
+    finish(h, statement).await
+}
+
+async fn finish(h: &LeaseRef, statement: &str) -> Result<()> {
     let inner = &h.locks.inner;
     let s = &h.shared;
     let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-        inner.sql.lease_release.as_str()
+        statement
     ))
+    .bind(&s.pool)
     .bind(&s.name)
     .bind(s.token)
     .bind(s.owner)
-    .bind(payload(&inner.schema, &s.name))
+    .bind(s.wake_payload(&inner.schema))
     .fetch_optional(c))
     .await
     .map_err(|e| Error::from_db(e, &inner.schema))?;
@@ -814,6 +866,16 @@ async fn release(h: &LeaseRef) -> Result<()> {
 }
 
 impl Shared {
+    /// The NOTIFY payload that wakes whoever waits for this lease to be
+    /// free: its own waiters, or its pool's claimers.
+    fn wake_payload(&self, schema: &str) -> String {
+        if self.pool.is_empty() {
+            payload(schema, &self.name)
+        } else {
+            payload(schema, &pool_topic(&self.pool))
+        }
+    }
+
     /// Marks a released lease so its handles report it gone, without a
     /// warning.
     fn mark_lost_quiet(&self) {
@@ -835,117 +897,5 @@ impl Drop for Lease {
                 }
             });
         }
-    }
-}
-
-/// One row of [`Locks::leases`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct LeaseInfo {
-    /// The lease name.
-    pub name: String,
-    /// Token of the latest acquisition.
-    pub token: i64,
-    /// Label of the latest holder.
-    pub holder: Option<String>,
-    /// Whether it is held now (by the database clock).
-    pub held: bool,
-    /// When the latest holder acquired it.
-    pub acquired_at: Option<DateTime<Utc>>,
-    /// When it expires (or expired) unless renewed; `None` once released.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Time until expiry by the database clock (negative once expired).
-    pub expires_in: Option<chrono::Duration>,
-    /// The JSON payload.
-    pub data: Option<Value>,
-    /// Whether a release was requested.
-    pub release_requested: bool,
-}
-
-impl Locks {
-    /// Every lease row in the schema, held or not, ordered by name.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotMigrated`]; [`Error::Database`].
-    pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        let inner = &self.inner;
-        let rows = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-            inner.sql.lease_list.as_str()
-        ))
-        .fetch_all(c))
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        rows.into_iter()
-            .map(|r| {
-                let ms: Option<f64> = r.try_get("expires_in_ms")?;
-                Ok(LeaseInfo {
-                    name: r.try_get("name")?,
-                    token: r.try_get("token")?,
-                    holder: r.try_get("holder")?,
-                    held: r.try_get("held")?,
-                    acquired_at: r.try_get("acquired_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
-                    data: r.try_get("data")?,
-                    release_requested: r.try_get("release_requested")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Releases lease `name` whoever holds it, and wakes waiters. For
-    /// operators: the holder learns of it at its next renewal or fence.
-    /// Returns the token that was released, or `None` if nobody held it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
-    pub async fn force_release(&self, name: &str) -> Result<Option<i64>> {
-        validate_name("lease name", name)?;
-        let inner = &self.inner;
-        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-            inner.sql.lease_force_release.as_str()
-        ))
-        .bind(name)
-        .bind(payload(&inner.schema, name))
-        .fetch_optional(c))
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        match row {
-            Some(r) => {
-                let token: i64 = r.try_get(0)?;
-                let holder: Option<String> = r.try_get(1)?;
-                tracing::warn!(
-                    name,
-                    token,
-                    holder = holder.as_deref(),
-                    "lease force-released"
-                );
-                Ok(Some(token))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Asks the holder of lease `name` to let go: its
-    /// [`release_requested`](LeaseRef::release_requested) resolves. Returns
-    /// the holder's token, or `None` if nobody holds the lease.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
-    pub async fn request_release(&self, name: &str) -> Result<Option<i64>> {
-        validate_name("lease name", name)?;
-        let inner = &self.inner;
-        let token = on_statement_conn!(inner.sessions, |c| sqlx::query_scalar(
-            sqlx::AssertSqlSafe(inner.sql.lease_request_release.as_str(),)
-        )
-        .bind(name)
-        .bind(payload(&inner.schema, name))
-        .fetch_optional(c))
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        Ok(token)
     }
 }

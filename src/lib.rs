@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod admin;
 mod advisory;
 mod error;
 mod keepalive;
@@ -13,12 +14,11 @@ mod session;
 mod sql;
 mod wait;
 
+pub use admin::LeaseInfo;
 pub use advisory::{Advisory, AdvisoryGuard};
 pub use error::{Error, Result};
 pub use key::{AdvisoryKey, MAX_NAME_BYTES};
-pub use lease::{
-    DEFAULT_TTL, Lease, LeaseInfo, LeaseRef, LeaseRequest, MAX_DATA_BYTES, MAX_TTL, MIN_TTL,
-};
+pub use lease::{DEFAULT_TTL, Lease, LeaseRef, LeaseRequest, MAX_DATA_BYTES, MAX_TTL, MIN_TTL};
 pub use locks::{
     DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, DEFAULT_STATEMENT_CONNECTIONS, Locks, LocksBuilder,
 };

@@ -91,13 +91,13 @@ pub(crate) const CHANNEL: &str = "pglock";
 /// database clock, so a waiter knows when to look again.
 const LEASE_ACQUIRE: &str = "\
 WITH cur AS (
-    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE name = $1
+    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE pool = '' AND name = $1
 ), ins AS (
-    INSERT INTO {s}.leases AS l (name, token, owner, holder, acquired_at, expires_at, data)
-    SELECT $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
+    INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data)
+    SELECT '', $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
            clock_timestamp() + $4 * interval '1 millisecond', $5
      WHERE NOT EXISTS (SELECT 1 FROM cur)
-    ON CONFLICT (name) DO NOTHING
+    ON CONFLICT (pool, name) DO NOTHING
     RETURNING l.token, l.expires_at, l.data
 ), upd AS (
     UPDATE {s}.leases AS l
@@ -107,7 +107,7 @@ WITH cur AS (
            data = coalesce($5, l.data), release_requested = false,
            updated_at = clock_timestamp()
       FROM cur
-     WHERE l.name = $1
+     WHERE l.pool = '' AND l.name = $1
        AND (cur.owner IS NULL OR cur.expires_at <= clock_timestamp())
        AND (l.owner IS NULL OR l.expires_at <= clock_timestamp())
     RETURNING l.token, l.expires_at, l.data
@@ -124,66 +124,240 @@ SELECT false, token, expires_at, NULL, holder,
 /// Renew a batch of leases in one statement (keep-alive renews every lease
 /// of a `Locks` that is due with one of these). Only a lease that is still
 /// ours and not yet expired by the database clock is renewed; a missing row
-/// in the result means lost. Touches no indexed column: a HOT update.
+/// in the result means lost.
 const LEASE_RENEW: &str = "\
 UPDATE {s}.leases AS l
    SET expires_at = clock_timestamp() + r.ttl_ms * interval '1 millisecond',
        updated_at = clock_timestamp()
-  FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::int8[]) AS r(name, token, owner, ttl_ms)
- WHERE l.name = r.name AND l.token = r.token AND l.owner = r.owner
+  FROM unnest($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::int8[])
+       AS r(pool, name, token, owner, ttl_ms)
+ WHERE l.pool = r.pool AND l.name = r.name AND l.token = r.token AND l.owner = r.owner
    AND l.expires_at > clock_timestamp()
 RETURNING l.token, l.expires_at, l.release_requested";
 
 /// Replace the payload, renewing the lease with it.
 const LEASE_SET_DATA: &str = "\
 UPDATE {s}.leases
-   SET data = $4, expires_at = clock_timestamp() + $5 * interval '1 millisecond',
+   SET data = $5, expires_at = clock_timestamp() + $6 * interval '1 millisecond',
        updated_at = clock_timestamp()
- WHERE name = $1 AND token = $2 AND owner = $3 AND expires_at > clock_timestamp()
+ WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4 AND expires_at > clock_timestamp()
 RETURNING expires_at, release_requested";
 
-/// Let go, if it is still ours (by owner id and token), and wake waiters.
+/// Let go of a plain lease, if it is still ours (by owner id and token), and
+/// wake its waiters.
 const LEASE_RELEASE: &str = "\
 UPDATE {s}.leases
    SET owner = NULL, expires_at = NULL, release_requested = false,
        updated_at = clock_timestamp()
- WHERE name = $1 AND token = $2 AND owner = $3
-RETURNING pg_notify('pglock', $4)::text";
+ WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+RETURNING pg_notify('pglock', $5)::text";
+
+/// Put a pool item back, if it is still ours: it goes to the end of the
+/// free order, and the pool's floor and version move so that no concurrent
+/// claim raises the floor past it. Wakes the pool's waiters.
+const ITEM_RELEASE: &str = "\
+WITH rel AS (
+    UPDATE {s}.leases
+       SET owner = NULL, expires_at = NULL, release_requested = false,
+           seq = nextval('{s}.free_order'), updated_at = clock_timestamp()
+     WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+    RETURNING seq
+), bump AS (
+    UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT seq FROM rel)), version = version + 1
+     WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
+)
+SELECT pg_notify('pglock', $5)::text FROM rel";
+
+/// Mark a pool item done for good, if it is still ours; wakes the pool's
+/// waiters (one may be waiting to learn that the pool is drained).
+const ITEM_COMPLETE: &str = "\
+UPDATE {s}.leases
+   SET done = true, owner = NULL, expires_at = NULL, release_requested = false,
+       updated_at = clock_timestamp()
+ WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+RETURNING pg_notify('pglock', $5)::text";
 
 /// The fence check, through the function other languages call too: raises
 /// PGL01 unless the token holds the lease by the statement clock, and locks
 /// the row FOR SHARE until the caller's transaction ends, so a takeover's
 /// UPDATE waits for that transaction.
-const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2)::text";
+const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2, $3)::text";
 
 /// Ask the holder to let go: flag the row and wake it. Returns the token of
 /// the holder that was asked, if the lease is held.
 const LEASE_REQUEST_RELEASE: &str = "\
 UPDATE {s}.leases SET release_requested = true, updated_at = clock_timestamp()
- WHERE name = $1 AND owner IS NOT NULL AND expires_at > clock_timestamp()
-RETURNING token, pg_notify('pglock', $2)::text";
+ WHERE pool = $1 AND name = $2 AND owner IS NOT NULL AND expires_at > clock_timestamp()
+RETURNING token, pg_notify('pglock', $3)::text";
 
-/// Does token `$2` still hold lease `$1` with a release requested?
+/// Does token `$3` still hold lease `$1/$2` with a release requested?
 const LEASE_RELEASE_REQUESTED: &str = "\
-SELECT release_requested FROM {s}.leases WHERE name = $1 AND token = $2";
+SELECT release_requested FROM {s}.leases WHERE pool = $1 AND name = $2 AND token = $3";
 
 /// Release whoever holds the lease. Explicit and logged by the caller; the
 /// token sequence is not touched (the next acquire still gets a greater one).
+/// A pool item goes to the end of the free order, as on release.
 const LEASE_FORCE_RELEASE: &str = "\
-UPDATE {s}.leases
-   SET owner = NULL, expires_at = NULL, release_requested = false,
-       updated_at = clock_timestamp()
- WHERE name = $1 AND owner IS NOT NULL
-RETURNING token, holder, pg_notify('pglock', $2)::text";
+WITH rel AS (
+    UPDATE {s}.leases
+       SET owner = NULL, expires_at = NULL, release_requested = false,
+           seq = CASE WHEN pool = '' THEN NULL ELSE nextval('{s}.free_order') END,
+           updated_at = clock_timestamp()
+     WHERE pool = $1 AND name = $2 AND owner IS NOT NULL
+    RETURNING token, holder, seq
+), bump AS (
+    UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT seq FROM rel)), version = version + 1
+     WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
+)
+SELECT token, holder, pg_notify('pglock', $3)::text FROM rel";
 
-/// Every lease row, for `pglock ls`.
+/// Every lease row, for `pglock ls`: plain leases and held pool items.
 const LEASE_LIST: &str = "\
-SELECT name, token, holder,
+SELECT pool, name, token, holder,
        owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
        acquired_at, expires_at, data, release_requested,
        CASE WHEN owner IS NOT NULL
             THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
-  FROM {s}.leases ORDER BY name";
+  FROM {s}.leases
+ WHERE pool = '' OR owner IS NOT NULL
+ ORDER BY pool, name";
+
+/// Add items to a pool, idempotently, in one statement: existing items are
+/// left as they are (done or not). New items join the free order; the floor
+/// moves down to them and the version changes, so that no concurrent claim
+/// raises the floor past an item being added.
+const POOL_ADD: &str = "\
+WITH p AS (
+    INSERT INTO {s}.pools AS p (name, kind) VALUES ($1, $3)
+    ON CONFLICT (name) DO UPDATE SET version = p.version
+    RETURNING name
+), ins AS (
+    INSERT INTO {s}.leases (pool, name, seq, slot)
+    SELECT $1, u.item, nextval('{s}.free_order'), u.slot
+      FROM (SELECT DISTINCT ON (item) item, slot, ord
+              FROM unnest($2::text[], $4::int4[]) WITH ORDINALITY AS u(item, slot, ord)
+             ORDER BY item, ord) u, p
+     ORDER BY u.ord
+    ON CONFLICT (pool, name) DO NOTHING
+    RETURNING seq
+), bump AS (
+    UPDATE {s}.pools
+       SET free_floor = least(free_floor, (SELECT min(seq) FROM ins)), version = version + 1
+     WHERE name = $1 AND EXISTS (SELECT 1 FROM ins)
+)
+SELECT count(*) FROM ins";
+
+/// Claim any item of a pool in one statement, in this order:
+/// 1. `sticky`: a released or expired item last held by this holder label
+///    (a restarted worker resumes its own shard);
+/// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
+///    the index entries of items claimed before are never walked;
+/// 3. `expired`: the item whose lease expired first.
+/// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
+/// `$5`, when not NULL, limits semaphore claims to permits below it.
+///
+/// `lowest` is the lowest free seq visible (locked ones included, so an
+/// in-flight claim that may roll back is never skipped); `raise` moves the
+/// floor up to it when it has fallen far behind, only if no add or release
+/// changed the pool since this statement's snapshot (`version`).
+///
+/// When nothing is claimable, the last branch tells how long until the
+/// first held item expires, whether anything is held at all, and whether a
+/// free item exists that a concurrent claim had locked (nothing free and
+/// nothing held: the pool is drained).
+const POOL_CLAIM: &str = "\
+WITH p AS (
+    SELECT free_floor, version FROM {s}.pools WHERE name = $1
+), sticky AS (
+    SELECT name FROM {s}.leases
+     WHERE pool = $1 AND holder = $3 AND NOT done
+       AND (owner IS NULL OR expires_at <= clock_timestamp())
+       AND ($5::int4 IS NULL OR slot < $5)
+     LIMIT 1 FOR UPDATE SKIP LOCKED
+), free AS (
+    SELECT l.name FROM {s}.leases l, p
+     WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
+       AND ($5::int4 IS NULL OR l.slot < $5)
+       AND NOT EXISTS (SELECT 1 FROM sticky)
+     ORDER BY l.seq LIMIT 1 FOR UPDATE OF l SKIP LOCKED
+), expired AS (
+    SELECT name FROM {s}.leases
+     WHERE pool = $1 AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
+       AND ($5::int4 IS NULL OR slot < $5)
+       AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
+     ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
+), pick AS (
+    SELECT name FROM sticky UNION ALL SELECT name FROM free UNION ALL SELECT name FROM expired
+     LIMIT 1
+), claimed AS (
+    UPDATE {s}.leases AS l
+       SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
+           acquired_at = clock_timestamp(),
+           expires_at = clock_timestamp() + $4 * interval '1 millisecond',
+           release_requested = false, updated_at = clock_timestamp()
+      FROM pick
+     WHERE l.pool = $1 AND l.name = pick.name
+    RETURNING l.name, l.token, l.expires_at, l.data
+), lowest AS (
+    SELECT l.seq FROM {s}.leases l, p
+     WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
+     ORDER BY l.seq LIMIT 1
+), raise AS (
+    UPDATE {s}.pools
+       SET free_floor = (SELECT seq FROM lowest)
+     WHERE name = $1 AND version = (SELECT version FROM p)
+       AND (SELECT seq FROM lowest) > free_floor + 256
+)
+SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
+       true AS any_held, false AS free_locked
+  FROM claimed
+UNION ALL
+SELECT false, NULL, NULL, NULL, NULL,
+       (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
+          FROM {s}.leases
+         WHERE pool = $1 AND owner IS NOT NULL AND NOT done AND expires_at > clock_timestamp()
+           AND ($5::int4 IS NULL OR slot < $5)),
+       EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND owner IS NOT NULL AND NOT done),
+       EXISTS (SELECT 1 FROM {s}.leases l, p
+                WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
+                  AND ($5::int4 IS NULL OR l.slot < $5))
+ WHERE NOT EXISTS (SELECT 1 FROM claimed)";
+
+/// Counts of a pool, in one scan of its rows.
+const POOL_STATUS: &str = "\
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE NOT done AND (owner IS NULL OR expires_at <= clock_timestamp())) AS free,
+       count(*) FILTER (WHERE NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp()) AS held,
+       count(*) FILTER (WHERE done) AS done
+  FROM {s}.leases WHERE pool = $1";
+
+/// Every item of a pool, in free order.
+const POOL_ITEMS: &str = "\
+SELECT name, token, holder, done,
+       NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
+       expires_at, data
+  FROM {s}.leases WHERE pool = $1 ORDER BY seq, name";
+
+/// Take one token from a bucket of capacity `$2` refilled at `$2` per `$3`
+/// seconds, by the database clock, in one statement. A new bucket starts
+/// full. `taken` says whether a token was taken; otherwise `wait_s` is how
+/// long until the next one. The row lock serializes concurrent takers, and
+/// `greatest` keeps the refill time from going backwards when one of them
+/// waited for another.
+const RATE_TAKE: &str = "\
+WITH now AS (SELECT clock_timestamp() AS t)
+INSERT INTO {s}.rate_limits AS r (name, tokens, refilled_at)
+SELECT $1, $2 - 1, t FROM now
+ON CONFLICT (name) DO UPDATE SET
+    tokens = CASE
+        WHEN least($2, r.tokens + greatest(0, extract(epoch FROM (SELECT t FROM now) - r.refilled_at)) * $2 / $3) >= 1
+        THEN least($2, r.tokens + greatest(0, extract(epoch FROM (SELECT t FROM now) - r.refilled_at)) * $2 / $3) - 1
+        ELSE least($2, r.tokens + greatest(0, extract(epoch FROM (SELECT t FROM now) - r.refilled_at)) * $2 / $3)
+    END,
+    last_taken = least($2, r.tokens + greatest(0, extract(epoch FROM (SELECT t FROM now) - r.refilled_at)) * $2 / $3) >= 1,
+    refilled_at = greatest(r.refilled_at, (SELECT t FROM now))
+RETURNING r.last_taken AS taken,
+          CASE WHEN r.last_taken THEN 0 ELSE (1 - r.tokens) * $3 / $2 END::float8 AS wait_s";
 
 /// The statements on pglock's tables, with the schema filled in once.
 /// Public only for pglock's benchmarks, which time the same SQL sent raw.
@@ -195,11 +369,18 @@ pub struct Statements {
     pub lease_renew: String,
     pub lease_set_data: String,
     pub lease_release: String,
+    pub item_release: String,
+    pub item_complete: String,
     pub lease_fence: String,
     pub lease_request_release: String,
     pub lease_release_requested: String,
     pub lease_force_release: String,
     pub lease_list: String,
+    pub pool_add: String,
+    pub pool_claim: String,
+    pub pool_status: String,
+    pub pool_items: String,
+    pub rate_take: String,
 }
 
 impl Statements {
@@ -210,11 +391,18 @@ impl Statements {
             lease_renew: s(LEASE_RENEW),
             lease_set_data: s(LEASE_SET_DATA),
             lease_release: s(LEASE_RELEASE),
+            item_release: s(ITEM_RELEASE),
+            item_complete: s(ITEM_COMPLETE),
             lease_fence: s(LEASE_FENCE),
             lease_request_release: s(LEASE_REQUEST_RELEASE),
             lease_release_requested: s(LEASE_RELEASE_REQUESTED),
             lease_force_release: s(LEASE_FORCE_RELEASE),
             lease_list: s(LEASE_LIST),
+            pool_add: s(POOL_ADD),
+            pool_claim: s(POOL_CLAIM),
+            pool_status: s(POOL_STATUS),
+            pool_items: s(POOL_ITEMS),
+            rate_take: s(RATE_TAKE),
         }
     }
 }
@@ -239,6 +427,13 @@ mod tests {
             ("release requested", &st.lease_release_requested),
             ("force release", &st.lease_force_release),
             ("list", &st.lease_list),
+            ("item release", &st.item_release),
+            ("item complete", &st.item_complete),
+            ("pool add", &st.pool_add),
+            ("pool claim", &st.pool_claim),
+            ("pool status", &st.pool_status),
+            ("pool items", &st.pool_items),
+            ("rate take", &st.rate_take),
         ] {
             assert!(
                 readme.contains(sql.as_str()),

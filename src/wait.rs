@@ -174,7 +174,21 @@ async fn listen(state: Arc<HubState>, listen_pool: PgPool, mut shutdown: watch::
     }
 }
 
-/// The payload that wakes waiters of `name` in `schema`.
-pub(crate) fn payload(schema: &str, name: &str) -> String {
-    format!("{schema}:{name}")
+/// The payload that wakes the waiters of `topic` in `schema`.
+pub(crate) fn payload(schema: &str, topic: &str) -> String {
+    format!("{schema}:{topic}")
+}
+
+/// The topic of one lease: its name, or for a pool item `\x1f<pool>\x1f<item>`.
+pub(crate) fn lease_topic(pool: &str, name: &str) -> String {
+    if pool.is_empty() {
+        name.to_owned()
+    } else {
+        format!("\u{1f}{pool}\u{1f}{name}")
+    }
+}
+
+/// The topic of a pool's claimers: `\x1f<pool>`.
+pub(crate) fn pool_topic(pool: &str) -> String {
+    format!("\u{1f}{pool}")
 }
