@@ -38,6 +38,14 @@ pub enum Error {
         pid: i32,
     },
 
+    /// Nothing in the pool is free or held: every item is done (or the pool
+    /// is empty), so waiting for an item could never end.
+    #[error("pool {pool:?} is drained: no item is free or held")]
+    PoolDrained {
+        /// The pool name.
+        pool: String,
+    },
+
     /// An argument broke a rule; nothing was sent to the database.
     #[error("invalid {field}: {rule}")]
     InvalidInput {

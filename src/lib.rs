@@ -10,6 +10,8 @@ mod key;
 mod lease;
 mod locks;
 mod migrate;
+mod pool;
+mod rate;
 mod session;
 mod sql;
 mod wait;
@@ -23,3 +25,5 @@ pub use locks::{
     DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, DEFAULT_STATEMENT_CONNECTIONS, Locks, LocksBuilder,
 };
 pub use migrate::{MIGRATIONS_TABLE, latest_version};
+pub use pool::{Claim, LeasePool, MAX_PERMITS, PoolItem, PoolStatus, Semaphore};
+pub use rate::{MAX_RATE, RateLimiter};

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) hub: crate::wait::Hub,
     /// The background renewal task.
     pub(crate) keepalive: crate::keepalive::KeepAlive,
+    /// Semaphores (name, permits) whose permits this handle has ensured.
+    pub(crate) semaphores: std::sync::Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
 impl Locks {
@@ -226,6 +228,7 @@ impl LocksBuilder {
                 sql: crate::sql::Statements::new(&quoted_schema),
                 hub: crate::wait::Hub::new(self.schema.clone(), listen_pool),
                 keepalive: Default::default(),
+                semaphores: Default::default(),
                 sessions,
                 schema: self.schema,
                 quoted_schema,

@@ -255,6 +255,8 @@ SELECT count(*) FROM ins";
 /// 3. `expired`: the item whose lease expired first.
 /// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
 /// `$5`, when not NULL, limits semaphore claims to permits below it.
+/// `pool <> ''` repeats the indexes' predicate so that generic plans of the
+/// prepared statement can use them.
 ///
 /// `lowest` is the lowest free seq visible (locked ones included, so an
 /// in-flight claim that may roll back is never skipped); `raise` moves the
@@ -270,19 +272,19 @@ WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
 ), sticky AS (
     SELECT name FROM {s}.leases
-     WHERE pool = $1 AND holder = $3 AND NOT done
+     WHERE pool = $1 AND pool <> '' AND holder = $3 AND NOT done
        AND (owner IS NULL OR expires_at <= clock_timestamp())
        AND ($5::int4 IS NULL OR slot < $5)
      LIMIT 1 FOR UPDATE SKIP LOCKED
 ), free AS (
-    SELECT l.name FROM {s}.leases l, p
-     WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
-       AND ($5::int4 IS NULL OR l.slot < $5)
+    SELECT name FROM {s}.leases
+     WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
+       AND ($5::int4 IS NULL OR slot < $5)
        AND NOT EXISTS (SELECT 1 FROM sticky)
-     ORDER BY l.seq LIMIT 1 FOR UPDATE OF l SKIP LOCKED
+     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT name FROM {s}.leases
-     WHERE pool = $1 AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
+     WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
        AND ($5::int4 IS NULL OR slot < $5)
        AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
      ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -299,9 +301,9 @@ WITH p AS (
      WHERE l.pool = $1 AND l.name = pick.name
     RETURNING l.name, l.token, l.expires_at, l.data
 ), lowest AS (
-    SELECT l.seq FROM {s}.leases l, p
-     WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
-     ORDER BY l.seq LIMIT 1
+    SELECT seq FROM {s}.leases
+     WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
+     ORDER BY seq LIMIT 1
 ), raise AS (
     UPDATE {s}.pools
        SET free_floor = (SELECT seq FROM lowest)
@@ -315,12 +317,13 @@ UNION ALL
 SELECT false, NULL, NULL, NULL, NULL,
        (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
           FROM {s}.leases
-         WHERE pool = $1 AND owner IS NOT NULL AND NOT done AND expires_at > clock_timestamp()
+         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at > clock_timestamp()
            AND ($5::int4 IS NULL OR slot < $5)),
-       EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND owner IS NOT NULL AND NOT done),
-       EXISTS (SELECT 1 FROM {s}.leases l, p
-                WHERE l.pool = $1 AND l.owner IS NULL AND NOT l.done AND l.seq >= p.free_floor
-                  AND ($5::int4 IS NULL OR l.slot < $5))
+       EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done),
+       (SELECT seq FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY seq LIMIT 1) IS NOT NULL
  WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
 /// Counts of a pool, in one scan of its rows.

@@ -1,0 +1,634 @@
+//! Lease pools, semaphores and rate limiters against a real PostgreSQL.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pglock::{Error, Locks};
+use serde_json::json;
+use support::{TestDb, db};
+
+fn pool_name() -> String {
+    format!("pool-{}", uuid::Uuid::new_v4())
+}
+
+async fn exec(t: &TestDb, sql: String) {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&t.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_item_is_completed_exactly_once_by_competing_workers() {
+    let t = db().await;
+    let name = pool_name();
+    exec(
+        &t,
+        format!(
+            "CREATE TABLE \"{}\".results (item text, token bigint)",
+            t.schema
+        ),
+    )
+    .await;
+    let items: Vec<String> = (0..600).map(|i| format!("item-{i:04}")).collect();
+    // Items arrive in three batches while the workers run.
+    let pool = t.locks.lease_pool(&name);
+    assert_eq!(pool.add(items[..200].to_vec()).await.unwrap(), 200);
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let locks = t.other(&format!("w{w}"));
+        let (name, table, db) = (
+            name.clone(),
+            format!("\"{}\".results", t.schema),
+            t.pool.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let pool = locks.lease_pool(&name);
+            let mut n = 0;
+            let mut idle = 0;
+            loop {
+                let Some(lease) = pool
+                    .claim()
+                    .ttl(Duration::from_secs(60))
+                    .try_acquire()
+                    .await
+                    .unwrap()
+                else {
+                    // Drained for now; more items may still come.
+                    idle += 1;
+                    if idle > 200 {
+                        return n;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                idle = 0;
+                let mut tx = db.begin().await.unwrap();
+                lease.fence(&mut tx).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} VALUES ($1, $2)"
+                )))
+                .bind(lease.name())
+                .bind(lease.token())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                lease.complete().await.unwrap();
+                n += 1;
+            }
+        }));
+    }
+    assert_eq!(pool.add(items[200..400].to_vec()).await.unwrap(), 200);
+    assert_eq!(
+        pool.add(items.clone()).await.unwrap(),
+        200,
+        "only the last 200 are new"
+    );
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    assert_eq!(total, 600);
+    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT item, token FROM \"{}\".results",
+        t.schema
+    )))
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    let distinct: HashSet<&String> = rows.iter().map(|r| &r.0).collect();
+    assert_eq!(rows.len(), 600);
+    assert_eq!(distinct.len(), 600, "an item was completed twice");
+    let status = pool.status().await.unwrap();
+    assert_eq!(
+        (status.total, status.free, status.held, status.done),
+        (600, 0, 0, 600)
+    );
+    // The claims moved the free floor up: later claims skip the dead entries.
+    let floor: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT free_floor FROM \"{}\".pools WHERE name = $1",
+        t.schema
+    )))
+    .bind(&name)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert!(floor > 0);
+    // Done items are never handed out again, and the pool says it is drained.
+    assert!(pool.claim().try_acquire().await.unwrap().is_none());
+    let err = pool.claim().acquire().await.unwrap_err();
+    assert!(matches!(err, Error::PoolDrained { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_crashed_claimers_item_returns_after_its_ttl() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add(["only"]).await.unwrap();
+    let crashed = t
+        .other("crashed")
+        .lease_pool(&name)
+        .claim()
+        .ttl(Duration::from_millis(300))
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    crashed.orphan();
+    let other = t.other("next");
+    assert!(
+        other
+            .lease_pool(&name)
+            .claim()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Waits for the expiry (read from the row), then takes it over.
+    let next = other
+        .lease_pool(&name)
+        .claim()
+        .timeout(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(next.name(), "only");
+    assert_eq!(next.pool(), Some(name.as_str()));
+    next.complete().await.unwrap();
+}
+
+#[tokio::test]
+async fn sticky_resume_gives_a_holder_its_own_item_back_with_its_progress() {
+    let t = db().await;
+    let name = pool_name();
+    t.locks
+        .lease_pool(&name)
+        .add((0..5).map(|i| format!("shard-{i}")))
+        .await
+        .unwrap();
+    let w1 = t.other("worker-1");
+    let w2 = t.other("worker-2");
+    let first = w1
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let mine = first.name().to_owned();
+    first.set_data(json!({"step": 700})).await.unwrap();
+    // worker-1 "crashes": its lease is left to expire.
+    first.orphan();
+    exec(&t, format!("UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 s' WHERE pool = '{name}' AND name = '{mine}'", t.schema)).await;
+    // Another worker prefers a fresh item to worker-1's expired one.
+    let other = w2
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(other.name(), mine);
+    // The restarted worker-1 gets its own shard back, with its progress.
+    let resumed = w1
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.name(), mine);
+    assert_eq!(resumed.data(), Some(json!({"step": 700})));
+    // A released item goes back to its last holder first, too.
+    let name2 = other.name().to_owned();
+    other.release().await.unwrap();
+    let again = w2
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.name(), name2);
+    again.release().await.unwrap();
+    resumed.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn pool_items_are_leases_with_fencing() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add(["a"]).await.unwrap();
+    let l1 = pool.claim().try_acquire().await.unwrap().unwrap();
+    let t1 = l1.token();
+    l1.renew().await.unwrap();
+    let l1 = l1.keep_alive();
+    assert!(pool.claim().try_acquire().await.unwrap().is_none());
+    l1.release().await.unwrap();
+    let l2 = pool.claim().try_acquire().await.unwrap().unwrap();
+    assert!(l2.token() > t1);
+    // An old token cannot fence; the current one can.
+    let call = format!("SELECT \"{}\".fence($1, $2, $3)::text", t.schema);
+    let err = sqlx::query(sqlx::AssertSqlSafe(call.clone()))
+        .bind(&name)
+        .bind("a")
+        .bind(t1)
+        .execute(&t.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01")
+    );
+    let mut tx = t.pool.begin().await.unwrap();
+    l2.fence(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let listed = t.locks.leases().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.pool.as_deref() == Some(name.as_str()) && l.name == "a" && l.held)
+    );
+    assert_eq!(pool.force_release("a").await.unwrap(), Some(l2.token()));
+    assert!(matches!(l2.renew().await, Err(Error::LeaseLost { .. })));
+    // Plain leases cannot be completed.
+    let plain = t
+        .locks
+        .lease(format!("plain-{name}"))
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let err = plain.complete().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_waiting_claimer_wakes_when_an_item_is_released() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add(["x"]).await.unwrap();
+    let held = pool
+        .claim()
+        .ttl(Duration::from_secs(600))
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let other = t.other("b");
+        let name = name.clone();
+        async move {
+            other
+                .lease_pool(&name)
+                .claim()
+                .timeout(Duration::from_secs(20))
+                .acquire()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    held.release().await.unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.name(), "x");
+    // Completing the last item tells a waiter the pool is drained.
+    let waiter = tokio::spawn({
+        let other = t.other("c");
+        let name = name.clone();
+        async move {
+            other
+                .lease_pool(&name)
+                .claim()
+                .timeout(Duration::from_secs(20))
+                .acquire()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    got.complete().await.unwrap();
+    let err = waiter.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::PoolDrained { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_empty_pool_is_drained() {
+    let t = db().await;
+    let err = t
+        .locks
+        .lease_pool(pool_name())
+        .claim()
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PoolDrained { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn claims_use_index_paths_not_scans() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add((0..20_000).map(|i| format!("i{i}")))
+        .await
+        .unwrap();
+    exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
+    let sql = t.locks.__statements().pool_claim.clone();
+    let mut conn = t.pool.acquire().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE claim AS {sql}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        exec_on(&mut conn, format!("SET plan_cache_mode = {mode}")).await;
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (COSTS OFF) EXECUTE claim('{name}', '{}', 'w', 30000, NULL)",
+            uuid::Uuid::new_v4()
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{mode}: the claim scans a table:\n{plan}"
+        );
+        for index in ["leases_free", "leases_held", "leases_sticky"] {
+            assert!(
+                plan.contains(index),
+                "{mode}: the claim does not use {index}:\n{plan}"
+            );
+        }
+    }
+    exec_on(&mut conn, "DEALLOCATE claim".into()).await;
+}
+
+async fn exec_on(conn: &mut sqlx::PgConnection, sql: String) {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_semaphore_never_exceeds_its_permits_and_reaches_them() {
+    let t = db().await;
+    let name = format!("sem-{}", uuid::Uuid::new_v4());
+    let inside = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let locks = t.other(&format!("agent-{w}"));
+        let (name, inside, peak) = (name.clone(), inside.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..6 {
+                let permit = locks
+                    .semaphore(&name, 3)
+                    .timeout(Duration::from_secs(30))
+                    .acquire()
+                    .await
+                    .unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                permit.release().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "peak concurrency");
+    // Growing the count adds permits.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            t.locks
+                .semaphore(&name, 5)
+                .try_acquire()
+                .await
+                .unwrap()
+                .expect("5 permits"),
+        );
+    }
+    assert!(
+        t.locks
+            .semaphore(&name, 5)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // With the old count, no permit is free: permits 3 and 4 do not count.
+    for p in held.drain(3..) {
+        p.release().await.unwrap();
+    }
+    assert!(
+        t.locks
+            .semaphore(&name, 3)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for p in held {
+        p.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_semaphore_permit_of_a_dead_holder_expires() {
+    let t = db().await;
+    let name = format!("sem-{}", uuid::Uuid::new_v4());
+    let p = t
+        .locks
+        .semaphore(&name, 1)
+        .ttl(Duration::from_millis(300))
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    p.orphan();
+    let next = t
+        .other("b")
+        .semaphore(&name, 1)
+        .timeout(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    next.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rate_limiter_holds_its_rate_across_processes() {
+    let t = db().await;
+    let name = format!("rate-{}", uuid::Uuid::new_v4());
+    let (n, per) = (20u32, Duration::from_secs(1));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let window = Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        // Each task has its own handle and connections, as a process would.
+        let locks = t.other(&format!("p{w}"));
+        let (name, taken) = (name.clone(), taken.clone());
+        tasks.push(tokio::spawn(async move {
+            let limiter = locks.rate_limiter(&name, n, per);
+            while start.elapsed() < window {
+                if tokio::time::timeout(window.saturating_sub(start.elapsed()), limiter.acquire())
+                    .await
+                    .is_ok()
+                {
+                    if start.elapsed() <= window {
+                        taken.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed().min(window).as_secs_f64();
+    let allowed = n as f64 + n as f64 * elapsed;
+    let got = taken.load(Ordering::SeqCst) as f64;
+    // A burst of n, then n per second: within one token.
+    assert!(
+        got <= allowed + 1.0,
+        "took {got} tokens, at most {allowed:.1} allowed"
+    );
+    assert!(
+        got >= allowed - 2.0,
+        "took only {got} tokens of {allowed:.1}"
+    );
+    let limiter = t.locks.rate_limiter(&name, n, per);
+    let _ = limiter.try_acquire().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_any_sql() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let locks = Locks::new(pool);
+    let field = |e: Error| match e {
+        Error::InvalidInput { field, .. } => field,
+        other => panic!("expected InvalidInput, got {other}"),
+    };
+    assert_eq!(
+        field(locks.lease_pool("").add(["a"]).await.unwrap_err()),
+        "pool name"
+    );
+    assert_eq!(
+        field(locks.lease_pool("p\0").status().await.unwrap_err()),
+        "pool name"
+    );
+    assert_eq!(
+        field(locks.lease_pool("p").add(["ok", ""]).await.unwrap_err()),
+        "item name"
+    );
+    assert_eq!(
+        field(
+            locks
+                .lease_pool("p")
+                .add(["x".repeat(1025)])
+                .await
+                .unwrap_err()
+        ),
+        "item name"
+    );
+    assert_eq!(
+        field(
+            locks
+                .lease_pool("")
+                .claim()
+                .try_acquire()
+                .await
+                .unwrap_err()
+        ),
+        "pool name"
+    );
+    assert_eq!(
+        field(
+            locks
+                .lease_pool("p")
+                .claim()
+                .ttl(Duration::ZERO)
+                .acquire()
+                .await
+                .unwrap_err()
+        ),
+        "ttl"
+    );
+    assert_eq!(
+        field(
+            locks
+                .lease_pool("p")
+                .claim()
+                .timeout(Duration::ZERO)
+                .acquire()
+                .await
+                .unwrap_err()
+        ),
+        "timeout"
+    );
+    assert_eq!(
+        field(locks.semaphore("s", 0).acquire().await.unwrap_err()),
+        "permits"
+    );
+    assert_eq!(
+        field(
+            locks
+                .semaphore("s", 10_001)
+                .try_acquire()
+                .await
+                .unwrap_err()
+        ),
+        "permits"
+    );
+    assert_eq!(
+        field(locks.semaphore("", 2).try_acquire().await.unwrap_err()),
+        "pool name"
+    );
+    assert_eq!(
+        field(
+            locks
+                .rate_limiter("r", 0, Duration::from_secs(1))
+                .acquire()
+                .await
+                .unwrap_err()
+        ),
+        "rate"
+    );
+    assert_eq!(
+        field(
+            locks
+                .rate_limiter("r", 5, Duration::ZERO)
+                .try_acquire()
+                .await
+                .unwrap_err()
+        ),
+        "period"
+    );
+    assert_eq!(
+        field(
+            locks
+                .rate_limiter("", 5, Duration::from_secs(1))
+                .try_acquire()
+                .await
+                .unwrap_err()
+        ),
+        "rate limiter name"
+    );
+}
