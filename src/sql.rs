@@ -253,6 +253,7 @@ SELECT count(*) FROM ins";
 /// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
 ///    the index entries of items claimed before are never walked;
 /// 3. `expired`: the item whose lease expired first.
+///
 /// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
 /// `$5`, when not NULL, limits semaphore claims to permits below it.
 /// `pool <> ''` repeats the indexes' predicate so that generic plans of the
