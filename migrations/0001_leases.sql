@@ -21,7 +21,11 @@ CREATE SEQUENCE free_order AS bigint MINVALUE 1 NO CYCLE;
 CREATE TABLE leases (
     pool              text NOT NULL DEFAULT '' CHECK (octet_length(pool) <= 1024),
     name              text NOT NULL CHECK (octet_length(name) BETWEEN 1 AND 1024),
-    token             bigint NOT NULL DEFAULT 0,    -- fencing token of the latest acquisition (0: never)
+    -- Fencing token of the latest acquisition (NULL: never acquired). UNIQUE
+    -- makes it a key column: an acquire, which changes it, takes the row's
+    -- FOR UPDATE lock and so waits for fence()'s FOR KEY SHARE, while renew,
+    -- set-data, release and complete (no key change) do not.
+    token             bigint UNIQUE,
     owner             uuid,                         -- random per acquisition; NULL when free
     holder            text,                         -- label of the latest holder (host:pid by default)
     acquired_at       timestamptz,
@@ -77,9 +81,12 @@ CREATE TABLE rate_limits (
 );
 
 -- fence(name, token) / fence(pool, item, token): raise unless `token`
--- currently holds the lease, and lock the lease row until the calling
--- transaction ends, so that no newer holder can take it over before this
--- transaction's writes commit. Usable from any language or from a trigger:
+-- currently holds the lease, and lock the lease row (FOR KEY SHARE) until
+-- the calling transaction ends, so that no newer holder can take it over
+-- before this transaction's writes commit; the holder's own renewals and
+-- release still go through. Call it inside the writing transaction
+-- (BEGIN; SELECT fence(...); writes; COMMIT): in autocommit mode the lock
+-- ends with the statement and protects nothing. Usable from any language or from a trigger:
 --   SELECT pglock.fence('shard-17', 912);
 --   SELECT pglock.fence('imagenet-train', 'shard-017', 913);
 CREATE FUNCTION fence(lease_pool text, lease_name text, fencing_token bigint) RETURNS void
@@ -88,7 +95,7 @@ BEGIN
     PERFORM 1 FROM leases
      WHERE pool = lease_pool AND name = lease_name AND token = fencing_token
        AND owner IS NOT NULL AND expires_at > clock_timestamp()
-       FOR SHARE;
+       FOR KEY SHARE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'lease % is not held by token %',
                 CASE WHEN lease_pool = '' THEN lease_name ELSE lease_pool || '/' || lease_name END,

@@ -101,7 +101,7 @@ impl Locks {
         } else {
             pool_topic(pool)
         };
-        let row = on_statement_conn!(inner.sessions, |c| {
+        let row = on_statement_conn!(once inner.sessions, |c| {
             sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
                 .bind(pool)
                 .bind(name)
@@ -129,7 +129,7 @@ impl Locks {
 
     pub(crate) async fn request_release_in(&self, pool: &str, name: &str) -> Result<Option<i64>> {
         let inner = &self.inner;
-        let token = on_statement_conn!(inner.sessions, |c| {
+        let token = on_statement_conn!(once inner.sessions, |c| {
             sqlx::query_scalar(sqlx::AssertSqlSafe(
                 inner.sql.lease_request_release.as_str(),
             ))

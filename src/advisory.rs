@@ -40,7 +40,8 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use sqlx::{PgConnection, Row};
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
 
 use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
@@ -51,6 +52,10 @@ use crate::{Locks, sql};
 /// How often [`AdvisoryGuard::lost`] checks that the session still holds the
 /// lock.
 const LOST_POLL: Duration = Duration::from_millis(500);
+
+/// Longest wait for an unlock's answer (a query the caller left running on
+/// the session delays it); then the session is closed instead.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest accepted timeout: PostgreSQL's `lock_timeout` is an `int` of
 /// milliseconds.
@@ -155,8 +160,12 @@ impl Advisory {
             .await;
         match row {
             Ok(row) => {
-                let pid: i32 = row.try_get(0)?;
-                Ok(self.guard(armed.disarm(), pid))
+                let id = SessionId {
+                    pid: row.try_get(0)?,
+                    started: row.try_get(1)?,
+                    key: row.try_get(2)?,
+                };
+                Ok(self.guard(armed.disarm(), id))
             }
             // `armed` closes the session: after an error we cannot be sure
             // the lock was not granted.
@@ -193,9 +202,13 @@ impl Advisory {
             .bind(text)
             .fetch_one(armed.conn())
             .await?;
-        let pid: i32 = row.try_get(0)?;
-        if row.try_get::<bool, _>(1)? {
-            Ok(Some(self.guard(armed.disarm(), pid)))
+        let id = SessionId {
+            pid: row.try_get(0)?,
+            started: row.try_get(1)?,
+            key: row.try_get(2)?,
+        };
+        if row.try_get::<bool, _>(3)? {
+            Ok(Some(self.guard(armed.disarm(), id)))
         } else {
             // Nothing held: the session goes back for reuse.
             drop(armed.disarm());
@@ -221,9 +234,13 @@ impl Advisory {
     /// # Errors
     ///
     /// [`Error::Timeout`], [`Error::InvalidInput`], [`Error::Database`] as
-    /// for [`lock`](Self::lock).
+    /// for [`lock`](Self::lock); [`Error::InvalidInput`] if `conn` is not
+    /// inside a transaction.
     pub async fn lock_xact(&self, conn: &mut PgConnection) -> Result<()> {
         self.validate()?;
+        if !conn.is_in_transaction() {
+            return Err(not_in_transaction());
+        }
         let (k, text) = self.key.binds();
         let result = match self.timeout {
             None => {
@@ -271,6 +288,9 @@ impl Advisory {
     /// server or the connection fails.
     pub async fn try_lock_xact(&self, conn: &mut PgConnection) -> Result<bool> {
         self.validate()?;
+        if !conn.is_in_transaction() {
+            return Err(not_in_transaction());
+        }
         let (k, text) = self.key.binds();
         let stmt = if self.shared {
             sql::ADVISORY_XACT_TRY_LOCK_SHARED
@@ -299,16 +319,25 @@ impl Advisory {
         }
     }
 
-    fn guard(&self, session: Session, pid: i32) -> AdvisoryGuard {
-        tracing::debug!(key = %self.key, shared = self.shared, pid, "advisory lock acquired");
+    fn guard(&self, session: Session, id: SessionId) -> AdvisoryGuard {
+        tracing::debug!(key = %self.key, shared = self.shared, pid = id.pid, "advisory lock acquired");
         AdvisoryGuard {
             session: Some(session),
             locks: self.locks.clone(),
             key: self.key.clone(),
             shared: self.shared,
-            pid,
+            id,
         }
     }
+}
+
+fn not_in_transaction() -> Error {
+    Error::invalid(
+        "conn",
+        "lock_xact needs a connection inside a transaction begun with sqlx \
+         (pool.begin() or conn.begin(), then call it with &mut *tx); \
+         in autocommit mode the lock would end with the statement",
+    )
 }
 
 /// A session whose state is unknown until disarmed: dropped armed, it is
@@ -348,7 +377,16 @@ pub struct AdvisoryGuard {
     locks: Locks,
     key: AdvisoryKey,
     shared: bool,
+    id: SessionId,
+}
+
+/// Which session holds a guard's lock, and the lock's numeric key.
+#[derive(Debug, Clone, Copy)]
+struct SessionId {
     pid: i32,
+    /// `pg_postmaster_start_time()`: a pid alone is reused after a restart.
+    started: DateTime<Utc>,
+    key: i64,
 }
 
 impl fmt::Debug for AdvisoryGuard {
@@ -356,7 +394,7 @@ impl fmt::Debug for AdvisoryGuard {
         f.debug_struct("AdvisoryGuard")
             .field("key", &self.key)
             .field("shared", &self.shared)
-            .field("pid", &self.pid)
+            .field("pid", &self.id.pid)
             .finish_non_exhaustive()
     }
 }
@@ -375,7 +413,7 @@ impl AdvisoryGuard {
     /// The server process id of the session holding the lock (as in
     /// `pg_locks.pid`).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.id.pid
     }
 
     /// Releases the lock now and returns the session for reuse.
@@ -391,7 +429,7 @@ impl AdvisoryGuard {
             .session
             .take()
             .expect("guard holds its session until released");
-        match unlock(session, &self.key, self.shared).await {
+        match unlock(session, self.id.key, self.shared).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost_error()),
             Err(e) if e.as_database_error().is_some() => Err(e.into()),
@@ -403,7 +441,7 @@ impl AdvisoryGuard {
     fn lost_error(&self) -> Error {
         Error::LockLost {
             key: self.key.to_string(),
-            pid: self.pid,
+            pid: self.id.pid,
         }
     }
 
@@ -419,15 +457,14 @@ impl AdvisoryGuard {
     ///
     /// Cancel safe: it only reads.
     pub async fn lost(&self) {
-        let (k, text) = self.key.binds();
         let mut failures = 0;
         loop {
             tokio::time::sleep(LOST_POLL).await;
             let check = on_statement_conn!(self.locks.inner.sessions, |c| {
                 sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
-                    .bind(k)
-                    .bind(text)
-                    .bind(self.pid)
+                    .bind(self.id.pid)
+                    .bind(self.id.started)
+                    .bind(self.id.key)
                     .fetch_one(c)
             });
             // A cut network never answers: no answer in time counts as a
@@ -448,31 +485,37 @@ impl AdvisoryGuard {
                 }
             }
         }
-        tracing::warn!(key = %self.key, pid = self.pid, "advisory lock lost");
+        tracing::warn!(key = %self.key, pid = self.id.pid, "advisory lock lost");
     }
 }
 
-/// Unlocks; the session goes back for reuse only if the unlock succeeded.
+/// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
+/// if the unlock answered that it held the lock and no transaction was left
+/// open; in every other case, including a cancelled unlock, it is closed and
+/// the server drops whatever it held.
 async fn unlock(
-    mut session: Session,
-    key: &AdvisoryKey,
+    session: Session,
+    key: i64,
     shared: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
-    let (k, text) = key.binds();
-    let stmt = if shared {
-        sql::ADVISORY_UNLOCK_SHARED
-    } else {
-        sql::ADVISORY_UNLOCK
+    let mut armed = Armed(Some(session));
+    let query = sqlx::raw_sql(sqlx::AssertSqlSafe(sql::advisory_unlock(key, shared)))
+        .fetch_one(armed.conn());
+    let row = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
+        Ok(row) => row?,
+        Err(_) => {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
+            )));
+        }
     };
-    let result = sqlx::query_scalar::<_, bool>(stmt)
-        .bind(k)
-        .bind(text)
-        .fetch_one(session.conn())
-        .await;
-    if !matches!(result, Ok(true)) {
-        session.discard();
+    let held: bool = row.try_get("held")?;
+    let idle: bool = row.try_get("idle")?;
+    if held && idle {
+        drop(armed.disarm());
     }
-    result
+    Ok(held)
 }
 
 impl Deref for AdvisoryGuard {
@@ -505,9 +548,9 @@ impl Drop for AdvisoryGuard {
         let armed = Armed(Some(session));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let key = self.key.clone();
-            let shared = self.shared;
+            let (k, shared) = (self.id.key, self.shared);
             rt.spawn(async move {
-                if let Err(e) = unlock(armed.disarm(), &key, shared).await {
+                if let Err(e) = unlock(armed.disarm(), k, shared).await {
                     tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
                 }
             });

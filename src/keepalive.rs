@@ -69,6 +69,15 @@ impl KeepAlive {
 }
 
 async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String) {
+    // However this task ends (its runtime shutting down included), the next
+    // keep_alive() starts a new one.
+    struct Running(Arc<Registry>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.leases.lock().unwrap().running = false;
+        }
+    }
+    let _running = Running(registry.clone());
     loop {
         let now = Instant::now();
         let (due, next_wake) = {
@@ -77,7 +86,6 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
                 .by_token
                 .retain(|_, w| w.upgrade().is_some_and(|s| !s.is_lost()));
             if state.by_token.is_empty() {
-                state.running = false;
                 return;
             }
             let live: Vec<Arc<Shared>> =
@@ -105,12 +113,14 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
         }
         // A renewal that cannot finish before the first deadline is useless:
         // give up on it then (a cut network never answers) and retry.
+        // Bounded by the longest deadline in the batch: a lease with less
+        // time left is lost meanwhile anyway, and the others still profit.
         let limit = due
             .iter()
             .map(|s| s.remaining())
-            .min()
+            .max()
             .unwrap_or_default()
-            .max(Duration::from_millis(50));
+            .max(Duration::from_millis(100));
         let outcome =
             match tokio::time::timeout(limit, renew_batch(&sessions, &statement, &due)).await {
                 Ok(Ok(())) => Ok(()),

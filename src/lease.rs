@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -193,7 +193,7 @@ impl LeaseRequest {
                 };
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(retry_in + jitter()) => {}
+                    _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
                 }
             }
         };
@@ -204,6 +204,7 @@ impl LeaseRequest {
         let inner = &self.locks.inner;
         let owner = Uuid::new_v4();
         let holder = self.holder.as_deref().unwrap_or(&inner.holder);
+        let pending = Pending::lease(&self.locks, &self.name, owner);
         let sent = Instant::now();
         let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
             inner.sql.lease_acquire.as_str()
@@ -216,6 +217,7 @@ impl LeaseRequest {
         .fetch_optional(c))
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
+        pending.disarm();
         let Some(row) = row else {
             // Lost an insert race with another first-time taker: look again.
             return Ok(Attempt::Held {
@@ -239,9 +241,12 @@ impl LeaseRequest {
             Ok(Attempt::Acquired(Lease::new(self.locks.clone(), shared)))
         } else {
             let ms: Option<f64> = row.try_get("wait_ms")?;
+            // Expired but locked by a fenced transaction: look again shortly.
+            let retry_in =
+                Duration::from_secs_f64(ms.unwrap_or(0.0) / 1000.0).clamp(MIN_RETRY, MAX_WAIT);
             Ok(Attempt::Held {
                 holder: row.try_get("holder")?,
-                retry_in: Duration::from_secs_f64(ms.unwrap_or(0.0) / 1000.0),
+                retry_in,
             })
         }
     }
@@ -291,6 +296,100 @@ pub(crate) enum Attempt {
         holder: Option<String>,
         retry_in: Duration,
     },
+}
+
+/// Shortest pause before a waiter looks again at a lease it could not take.
+const MIN_RETRY: Duration = Duration::from_millis(10);
+
+/// Longest a waiter sleeps between looks: a safety net for a wake-up lost
+/// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// An acquire or claim statement in flight. If its caller goes away before
+/// reading the answer (cancelled, timed out, connection lost), the lease it
+/// may have taken under this owner id is given back in a spawned task, so a
+/// cancelled acquire leaves nothing held.
+pub(crate) struct Pending {
+    locks: Locks,
+    undo: Option<Undo>,
+}
+
+enum Undo {
+    Lease {
+        name: String,
+        owner: Uuid,
+    },
+    Item {
+        pool: String,
+        holder: String,
+        owner: Uuid,
+    },
+}
+
+impl Pending {
+    pub(crate) fn lease(locks: &Locks, name: &str, owner: Uuid) -> Pending {
+        Pending {
+            locks: locks.clone(),
+            undo: Some(Undo::Lease {
+                name: name.to_owned(),
+                owner,
+            }),
+        }
+    }
+
+    pub(crate) fn item(locks: &Locks, pool: &str, holder: &str, owner: Uuid) -> Pending {
+        let undo = Undo::Item {
+            pool: pool.to_owned(),
+            holder: holder.to_owned(),
+            owner,
+        };
+        Pending {
+            locks: locks.clone(),
+            undo: Some(undo),
+        }
+    }
+
+    /// The answer was read: nothing to undo.
+    pub(crate) fn disarm(mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(undo) = self.undo.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let locks = self.locks.clone();
+        rt.spawn(async move {
+            let inner = &locks.inner;
+            let done = match &undo {
+                Undo::Lease { name, owner } => on_statement_conn!(once inner.sessions, |c| {
+                    sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_abandon.as_str()))
+                        .bind(name)
+                        .bind(owner)
+                        .bind(payload(&inner.schema, name))
+                        .execute(c)
+                })
+                .await,
+                Undo::Item { pool, holder, owner } => on_statement_conn!(once inner.sessions, |c| {
+                    sqlx::query(sqlx::AssertSqlSafe(inner.sql.item_abandon.as_str()))
+                        .bind(pool)
+                        .bind(holder)
+                        .bind(owner)
+                        .bind(payload(&inner.schema, &pool_topic(pool)))
+                        .execute(c)
+                })
+                .await,
+            };
+            match done {
+                Ok(r) if r.rows_affected() > 0 => tracing::debug!("gave back a lease its caller abandoned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not give back an abandoned acquire; it expires with its TTL"),
+            }
+        });
+    }
 }
 
 /// Awaits `fut`, turning an elapsed `deadline` into [`Error::Timeout`].
@@ -604,6 +703,14 @@ impl LeaseRef {
     /// [`Error::LeaseLost`] if the token no longer holds the lease, or the
     /// local deadline has passed; [`Error::Database`].
     pub async fn fence(&self, conn: &mut PgConnection) -> Result<()> {
+        if !conn.is_in_transaction() {
+            return Err(Error::invalid(
+                "conn",
+                "fence needs a connection inside a transaction begun with sqlx \
+                 (pool.begin() or conn.begin(), then call it with &mut *tx); \
+                 in autocommit mode the row lock would end with the statement",
+            ));
+        }
         self.shared.check()?;
         let inner = &self.locks.inner;
         let result = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_fence.as_str()))
@@ -618,6 +725,7 @@ impl LeaseRef {
                 self.shared.mark_lost("fence check failed");
                 Err(self.shared.lost_error())
             }
+
             Err(e) => Err(Error::from_db(e, &inner.schema)),
         }
     }

@@ -54,7 +54,9 @@ use uuid::Uuid;
 use crate::Locks;
 use crate::error::{Error, Result};
 use crate::key::validate_name;
-use crate::lease::{DEFAULT_TTL, Lease, Shared, jitter, validate_timeout, validate_ttl, within};
+use crate::lease::{
+    DEFAULT_TTL, Lease, MAX_WAIT, Pending, Shared, jitter, validate_timeout, validate_ttl, within,
+};
 use crate::session::on_statement_conn;
 use crate::wait::pool_topic;
 
@@ -379,7 +381,7 @@ impl Claim {
                 };
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(retry_in + jitter()) => {}
+                    _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
                 }
             }
         };
@@ -391,6 +393,7 @@ impl Claim {
         let inner = &locks.inner;
         let owner = Uuid::new_v4();
         let holder = self.holder.as_deref().unwrap_or(&inner.holder);
+        let pending = Pending::item(locks, &self.pool.name, holder, owner);
         let sent = Instant::now();
         let row = on_statement_conn!(inner.sessions, |c| {
             sqlx::query(sqlx::AssertSqlSafe(inner.sql.pool_claim.as_str()))
@@ -403,6 +406,7 @@ impl Claim {
         })
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
+        pending.disarm();
         if row.try_get::<bool, _>("claimed")? {
             let shared = Shared::new(
                 self.pool.name.clone(),

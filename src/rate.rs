@@ -124,7 +124,7 @@ impl RateLimiter {
     /// `None` when a token was taken, else how long until the next one.
     async fn attempt(&self) -> Result<Option<Duration>> {
         let inner = &self.locks.inner;
-        let row = on_statement_conn!(inner.sessions, |c| {
+        let row = on_statement_conn!(once inner.sessions, |c| {
             sqlx::query(sqlx::AssertSqlSafe(inner.sql.rate_take.as_str()))
                 .bind(&self.name)
                 .bind(self.n as f64)

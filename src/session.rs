@@ -46,7 +46,7 @@ pub(crate) struct Session {
     /// Whether the connection was reused (not freshly opened).
     pub(crate) reused: bool,
     home: Arc<Sessions>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Sessions {
@@ -108,7 +108,7 @@ impl Sessions {
                 in_flight: false,
                 reused: true,
                 home: self.clone(),
-                _permit: permit,
+                permit: Some(permit),
             });
         }
         let conn = self.connect().await?;
@@ -117,7 +117,25 @@ impl Sessions {
             in_flight: false,
             reused: false,
             home: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
+        })
+    }
+
+    /// Replaces `old`'s connection, which turned out dead, with a new one,
+    /// keeping its permit (so a retry never waits for a second permit).
+    pub(crate) async fn reconnect(
+        self: &Arc<Self>,
+        mut old: Session,
+    ) -> Result<Session, sqlx::Error> {
+        old.discard();
+        let permit = old.permit.take().expect("a session holds its permit");
+        let conn = self.connect().await?;
+        Ok(Session {
+            conn: Some(conn),
+            in_flight: false,
+            reused: false,
+            home: self.clone(),
+            permit: Some(permit),
         })
     }
 
@@ -135,11 +153,30 @@ impl Sessions {
 }
 
 /// Runs `$body` with `$c: &mut PgConnection` on a statement connection,
-/// evaluating to `Result<T, sqlx::Error>`. If a reused connection turns out
-/// dead (closed by a server restart or a terminated backend), runs it once
-/// more on a new one: a dead session holds nothing. Other broken connections
-/// are closed, never reused.
+/// evaluating to `Result<T, sqlx::Error>`. A connection left mid-statement
+/// (the caller was cancelled) or broken is closed, never reused.
+///
+/// If a reused connection turns out dead (closed by a server restart or a
+/// terminated backend), the statement runs once more on a new connection:
+/// only use this form for statements that are safe to repeat (idempotent
+/// ones, or ones that recognise their own owner id), since the first run may
+/// have committed before the connection died. `once` never repeats.
 macro_rules! on_statement_conn {
+    (once $sessions:expr, |$c:ident| $body:expr) => {
+        async {
+            let mut session = $sessions.statement().await?;
+            session.in_flight = true;
+            let out = {
+                let $c = session.conn();
+                $body.await
+            };
+            session.in_flight = false;
+            if let Err(e) = &out {
+                session.discard_if_broken(e);
+            }
+            out
+        }
+    };
     ($sessions:expr, |$c:ident| $body:expr) => {
         async {
             let sessions = &$sessions;
@@ -152,8 +189,7 @@ macro_rules! on_statement_conn {
             session.in_flight = false;
             match first {
                 Err(e) if session.reused && $crate::session::is_dead(&e) => {
-                    session.discard();
-                    let mut fresh = sessions.statement().await?;
+                    let mut fresh = sessions.reconnect(session).await?;
                     fresh.in_flight = true;
                     let out = {
                         let $c = fresh.conn();

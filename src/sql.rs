@@ -11,38 +11,59 @@
 /// is evaluated left to right: `set_config(.., true)` puts `lock_timeout` in
 /// force, for this statement's implicit transaction only, before the lock
 /// wait starts ('0' waits forever, overriding a `lock_timeout` in the
-/// connect options). `pg_backend_pid()` lets `lost()` find the session.
-pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_backend_pid(), \
+/// connect options). `pg_backend_pid()` and `pg_postmaster_start_time()`
+/// let `lost()` find the session (a pid is reused after a restart); the
+/// numeric key lets the unlock be sent as a literal.
+pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
+     coalesce($1, hashtextextended($2, 0)), \
      set_config('lock_timeout', $3, true), \
      pg_advisory_lock(coalesce($1, hashtextextended($2, 0)))::text";
 
 /// Shared variant of [`ADVISORY_LOCK`].
-pub(crate) const ADVISORY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), \
+pub(crate) const ADVISORY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
+     coalesce($1, hashtextextended($2, 0)), \
      set_config('lock_timeout', $3, true), \
      pg_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
 
 /// One attempt, no wait.
-pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT pg_backend_pid(), \
+pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
+     coalesce($1, hashtextextended($2, 0)), \
      pg_try_advisory_lock(coalesce($1, hashtextextended($2, 0)))";
 
 /// Shared variant of [`ADVISORY_TRY_LOCK`].
-pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), \
+pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
+     coalesce($1, hashtextextended($2, 0)), \
      pg_try_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))";
 
-/// Release; `false` means this session did not hold the lock.
-pub(crate) const ADVISORY_UNLOCK: &str =
-    "SELECT pg_advisory_unlock(coalesce($1, hashtextextended($2, 0)))";
+/// Release, and leave the session clean for reuse, in one round trip:
+/// `held` is false if this session did not hold the lock; `idle` is false if
+/// the caller left a transaction open on it (then it is not reused);
+/// `pg_advisory_unlock_all()` drops any lock the caller took by hand.
+///
+/// Sent with the simple query protocol (the key is an integer literal, so
+/// nothing needs quoting): there, an autocommit statement's transaction
+/// starts with the statement, so `now() = statement_timestamp()` exactly
+/// when no transaction was open before. (The extended protocol starts the
+/// transaction at Bind, before the statement timestamp of Execute.)
+pub(crate) fn advisory_unlock(key: i64, shared: bool) -> String {
+    let unlock = if shared {
+        "pg_advisory_unlock_shared"
+    } else {
+        "pg_advisory_unlock"
+    };
+    format!(
+        "SELECT {unlock}({key}) AS held, now() = statement_timestamp() AS idle, \
+         pg_advisory_unlock_all()::text"
+    )
+}
 
-/// Shared variant of [`ADVISORY_UNLOCK`].
-pub(crate) const ADVISORY_UNLOCK_SHARED: &str =
-    "SELECT pg_advisory_unlock_shared(coalesce($1, hashtextextended($2, 0)))";
-
-/// Does session `$3` still hold the lock? A bigint advisory key shows in
-/// `pg_locks` as `classid` (high 32 bits), `objid` (low 32 bits),
-/// `objsubid = 1`.
-pub(crate) const ADVISORY_HELD_BY: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks \
-     WHERE locktype = 'advisory' AND pid = $3 AND granted AND objsubid = 1 \
-       AND ((classid::int8 << 32) | objid::int8) = coalesce($1, hashtextextended($2, 0)))";
+/// Does session `$1` of the server started at `$2` still hold lock `$3`? A
+/// bigint advisory key shows in `pg_locks` as `classid` (high 32 bits),
+/// `objid` (low 32 bits), `objsubid = 1`.
+pub(crate) const ADVISORY_HELD_BY: &str = "SELECT pg_postmaster_start_time() = $2 \
+     AND EXISTS (SELECT 1 FROM pg_locks \
+     WHERE locktype = 'advisory' AND pid = $1 AND granted AND objsubid = 1 \
+       AND ((classid::int8 << 32) | objid::int8) = $3)";
 
 /// Transaction lock under the transaction's own `lock_timeout`.
 pub(crate) const ADVISORY_XACT_LOCK: &str =
@@ -84,14 +105,24 @@ pub(crate) const CHANNEL: &str = "pglock";
 /// `cur` reads the row without locking it: on a held lease the statement
 /// touches no lock at all, so failed attempts never queue behind the holder
 /// (an `INSERT … ON CONFLICT DO UPDATE … WHERE expired` would lock the row
-/// even when the WHERE is false). `upd` re-checks expiry on the row it locks
-/// (a concurrent taker's committed version fails the re-check). The token
-/// comes from the global sequence at the moment the row is written. The last
-/// branch reports the current holder and how long until its expiry, by the
-/// database clock, so a waiter knows when to look again.
+/// even when the WHERE is false). `lk` locks a free or expired row with
+/// `SKIP LOCKED`, re-checking expiry on the latest version (a concurrent
+/// taker's committed version fails the re-check), and never waits: a row
+/// held by a fenced transaction (`FOR KEY SHARE`) counts as taken for now.
+/// The token comes from the global sequence when the row is written. The
+/// last branch reports the current holder and how long until its expiry, by
+/// the database clock, so a waiter knows when to look again; it says
+/// `acquired` if the row already carries this owner id (a retry of a
+/// statement whose answer was lost with its connection).
 const LEASE_ACQUIRE: &str = "\
 WITH cur AS (
-    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE pool = '' AND name = $1
+    SELECT token, owner, holder, expires_at, data FROM {s}.leases WHERE pool = '' AND name = $1
+), lk AS (
+    SELECT l.name FROM {s}.leases l, cur
+     WHERE l.pool = '' AND l.name = $1
+       AND (cur.owner IS NULL OR cur.expires_at <= clock_timestamp())
+       AND (l.owner IS NULL OR l.expires_at <= clock_timestamp())
+       FOR UPDATE OF l SKIP LOCKED
 ), ins AS (
     INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data)
     SELECT '', $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
@@ -106,17 +137,15 @@ WITH cur AS (
            expires_at = clock_timestamp() + $4 * interval '1 millisecond',
            data = coalesce($5, l.data), release_requested = false,
            updated_at = clock_timestamp()
-      FROM cur
-     WHERE l.pool = '' AND l.name = $1
-       AND (cur.owner IS NULL OR cur.expires_at <= clock_timestamp())
-       AND (l.owner IS NULL OR l.expires_at <= clock_timestamp())
+      FROM lk
+     WHERE l.pool = '' AND l.name = lk.name
     RETURNING l.token, l.expires_at, l.data
 )
 SELECT true AS acquired, token, expires_at, data, NULL::text AS holder, NULL::float8 AS wait_ms FROM ins
 UNION ALL
 SELECT true, token, expires_at, data, NULL, NULL FROM upd
 UNION ALL
-SELECT false, token, expires_at, NULL, holder,
+SELECT owner IS NOT DISTINCT FROM $2, token, expires_at, data, holder,
        greatest(0, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8
   FROM cur
  WHERE NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)";
@@ -144,12 +173,13 @@ UPDATE {s}.leases
 RETURNING expires_at, release_requested";
 
 /// Let go of a plain lease, if it is still ours (by owner id and token), and
-/// wake its waiters.
+/// wake its waiters. Idempotent: a repeat after success (the token is
+/// unchanged and nobody holds it) succeeds again.
 const LEASE_RELEASE: &str = "\
 UPDATE {s}.leases
    SET owner = NULL, expires_at = NULL, release_requested = false,
        updated_at = clock_timestamp()
- WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+ WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR owner IS NULL)
 RETURNING pg_notify('pglock', $5)::text";
 
 /// Put a pool item back, if it is still ours: it goes to the end of the
@@ -160,7 +190,7 @@ WITH rel AS (
     UPDATE {s}.leases
        SET owner = NULL, expires_at = NULL, release_requested = false,
            seq = nextval('{s}.free_order'), updated_at = clock_timestamp()
-     WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+     WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR owner IS NULL) AND NOT done
     RETURNING seq
 ), bump AS (
     UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT seq FROM rel)), version = version + 1
@@ -174,13 +204,37 @@ const ITEM_COMPLETE: &str = "\
 UPDATE {s}.leases
    SET done = true, owner = NULL, expires_at = NULL, release_requested = false,
        updated_at = clock_timestamp()
- WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4
+ WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR (owner IS NULL AND done))
 RETURNING pg_notify('pglock', $5)::text";
 
+/// Undo an acquire whose caller went away before reading the answer (a
+/// cancelled or timed-out `acquire()`): free the lease if this owner id got
+/// it, and wake its waiters.
+const LEASE_ABANDON: &str = "\
+UPDATE {s}.leases SET owner = NULL, expires_at = NULL, updated_at = clock_timestamp()
+ WHERE pool = '' AND name = $1 AND owner = $2
+RETURNING pg_notify('pglock', $3)::text";
+
+/// Undo a claim whose caller went away before reading the answer: put back
+/// whichever item this owner id got, as a release does.
+const ITEM_ABANDON: &str = "\
+WITH rel AS (
+    UPDATE {s}.leases
+       SET owner = NULL, expires_at = NULL, seq = nextval('{s}.free_order'),
+           updated_at = clock_timestamp()
+     WHERE pool = $1 AND pool <> '' AND holder = $2 AND owner = $3 AND NOT done
+    RETURNING seq
+), bump AS (
+    UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT min(seq) FROM rel)), version = version + 1
+     WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
+)
+SELECT pg_notify('pglock', $4)::text FROM rel";
+
 /// The fence check, through the function other languages call too: raises
-/// PGL01 unless the token holds the lease by the statement clock, and locks
-/// the row FOR SHARE until the caller's transaction ends, so a takeover's
-/// UPDATE waits for that transaction.
+/// PGL01 unless the token holds the lease by the statement clock (PGL02
+/// outside a transaction), and locks the row FOR KEY SHARE until the
+/// caller's transaction ends, so a takeover (which changes the key column
+/// `token`) waits for that transaction.
 const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2, $3)::text";
 
 /// Ask the holder to let go: flag the row and wake it. Returns the token of
@@ -213,7 +267,7 @@ SELECT token, holder, pg_notify('pglock', $3)::text FROM rel";
 
 /// Every lease row, for `pglock ls`: plain leases and held pool items.
 const LEASE_LIST: &str = "\
-SELECT pool, name, token, holder,
+SELECT pool, name, coalesce(token, 0) AS token, holder,
        owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
        acquired_at, expires_at, data, release_requested,
        CASE WHEN owner IS NOT NULL
@@ -247,7 +301,9 @@ WITH p AS (
 )
 SELECT count(*) FROM ins";
 
-/// Claim any item of a pool in one statement, in this order:
+/// Claim any item of a pool in one statement, in this order (`again` first
+/// returns the item this owner id already claimed, when a retry repeats a
+/// statement whose answer was lost with its connection):
 /// 1. `sticky`: a released or expired item last held by this holder label
 ///    (a restarted worker resumes its own shard);
 /// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
@@ -271,23 +327,28 @@ SELECT count(*) FROM ins";
 const POOL_CLAIM: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
+), again AS (
+    SELECT name, token, expires_at, data FROM {s}.leases
+     WHERE pool = $1 AND pool <> '' AND holder = $3 AND owner = $2 AND NOT done
 ), sticky AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND holder = $3 AND NOT done
        AND (owner IS NULL OR expires_at <= clock_timestamp())
        AND ($5::int4 IS NULL OR slot < $5)
+       AND NOT EXISTS (SELECT 1 FROM again)
      LIMIT 1 FOR UPDATE SKIP LOCKED
 ), free AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
        AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM sticky)
+       AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM sticky)
      ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
        AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
+       AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM sticky)
+       AND NOT EXISTS (SELECT 1 FROM free)
      ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), pick AS (
     SELECT name FROM sticky UNION ALL SELECT name FROM free UNION ALL SELECT name FROM expired
@@ -315,6 +376,8 @@ SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
        true AS any_held, false AS free_locked
   FROM claimed
 UNION ALL
+SELECT true, name, token, expires_at, data, NULL, true, false FROM again
+UNION ALL
 SELECT false, NULL, NULL, NULL, NULL,
        (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
           FROM {s}.leases
@@ -325,7 +388,7 @@ SELECT false, NULL, NULL, NULL, NULL,
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
            AND ($5::int4 IS NULL OR slot < $5)
          ORDER BY seq LIMIT 1) IS NOT NULL
- WHERE NOT EXISTS (SELECT 1 FROM claimed)";
+ WHERE NOT EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM again)";
 
 /// Counts of a pool, in one scan of its rows.
 const POOL_STATUS: &str = "\
@@ -337,7 +400,7 @@ SELECT count(*) AS total,
 
 /// Every item of a pool, in free order.
 const POOL_ITEMS: &str = "\
-SELECT name, token, holder, done,
+SELECT name, coalesce(token, 0) AS token, holder, done,
        NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
        expires_at, data
   FROM {s}.leases WHERE pool = $1 ORDER BY seq, name";
@@ -376,6 +439,8 @@ pub struct Statements {
     pub item_release: String,
     pub item_complete: String,
     pub lease_fence: String,
+    pub lease_abandon: String,
+    pub item_abandon: String,
     pub lease_request_release: String,
     pub lease_release_requested: String,
     pub lease_force_release: String,
@@ -398,6 +463,8 @@ impl Statements {
             item_release: s(ITEM_RELEASE),
             item_complete: s(ITEM_COMPLETE),
             lease_fence: s(LEASE_FENCE),
+            lease_abandon: s(LEASE_ABANDON),
+            item_abandon: s(ITEM_ABANDON),
             lease_request_release: s(LEASE_REQUEST_RELEASE),
             lease_release_requested: s(LEASE_RELEASE_REQUESTED),
             lease_force_release: s(LEASE_FORCE_RELEASE),
@@ -432,6 +499,8 @@ mod tests {
             ("force release", &st.lease_force_release),
             ("list", &st.lease_list),
             ("item release", &st.item_release),
+            ("abandon", &st.lease_abandon),
+            ("item abandon", &st.item_abandon),
             ("item complete", &st.item_complete),
             ("pool add", &st.pool_add),
             ("pool claim", &st.pool_claim),

@@ -27,7 +27,8 @@ pub(crate) struct Hub {
     /// Dropped with the hub; the listening task then ends.
     _shutdown: watch::Sender<()>,
     shutdown_rx: watch::Receiver<()>,
-    started: std::sync::Once,
+    /// The listening task, restarted if it ended (its runtime went away).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     listen_pool: PgPool,
 }
 
@@ -56,7 +57,7 @@ impl Hub {
             }),
             _shutdown: tx,
             shutdown_rx: rx,
-            started: std::sync::Once::new(),
+            task: Mutex::new(None),
             listen_pool,
         }
     }
@@ -77,12 +78,17 @@ impl Hub {
                 }
             }
         };
-        self.started.call_once(|| {
-            let state = self.state.clone();
-            let listen_pool = self.listen_pool.clone();
-            let shutdown = self.shutdown_rx.clone();
-            tokio::spawn(listen(state, listen_pool, shutdown));
-        });
+        {
+            let mut task = self.task.lock().unwrap();
+            if task.as_ref().is_none_or(|t| t.is_finished()) {
+                let state = self.state.clone();
+                let listen_pool = self.listen_pool.clone();
+                let shutdown = self.shutdown_rx.clone();
+                // Waiters wait for this task's own first LISTEN.
+                self.state.connected.send_replace(0);
+                *task = Some(tokio::spawn(listen(state, listen_pool, shutdown)));
+            }
+        }
         let mut connected = self.state.connected.subscribe();
         connected
             .wait_for(|n| *n > 0)

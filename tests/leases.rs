@@ -210,28 +210,21 @@ async fn fence_holds_off_a_takeover_until_the_fenced_transaction_ends() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Expired, yet nobody can take it over while the fenced transaction is open.
     let b = t.other("b");
+    assert!(b.lease(&n).try_acquire().await.unwrap().is_none());
     let taker = tokio::spawn({
         let n = n.clone();
         async move { b.lease(&n).ttl(LONG).acquire().await }
     });
-    // The takeover waits on the row lock the fence holds.
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%fencing_tokens%'",
-        )
-        .fetch_one(&t.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            !taker.is_finished(),
-            "takeover completed while the fenced transaction was open"
-        );
-        tokio::task::yield_now().await;
-    }
+    assert!(
+        t.other("c")
+            .lease(&n)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} (token) VALUES ($1)"
     )))
@@ -259,27 +252,83 @@ async fn fence_holds_off_a_takeover_until_the_fenced_transaction_ends() {
 }
 
 #[tokio::test]
-async fn fence_function_is_callable_from_plain_sql() {
+async fn fence_function_is_callable_from_plain_sql_inside_a_transaction() {
     let t = db().await;
     let n = name();
     let l = t.locks.lease(&n).try_acquire().await.unwrap().unwrap();
     let call = format!("SELECT \"{}\".fence($1, $2)::text", t.schema);
+    let mut tx = t.pool.begin().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(call.clone()))
         .bind(&n)
         .bind(l.token())
-        .execute(&t.pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
-    let err = sqlx::query(sqlx::AssertSqlSafe(call))
+    tx.commit().await.unwrap();
+    let mut tx = t.pool.begin().await.unwrap();
+    let err = sqlx::query(sqlx::AssertSqlSafe(call.clone()))
         .bind(&n)
         .bind(l.token() - 1)
-        .execute(&t.pool)
+        .execute(&mut *tx)
         .await
         .unwrap_err();
     let db = err.as_database_error().unwrap();
     assert_eq!(db.code().as_deref(), Some("PGL01"));
     assert!(db.message().contains(&n), "{}", db.message());
+    tx.rollback().await.unwrap();
+    // Outside a transaction the row lock would protect nothing: refused.
+    let mut conn = t.pool.acquire().await.unwrap();
+    let err = l.fence(&mut conn).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "conn", .. }),
+        "{err}"
+    );
     l.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_holders_own_renewals_and_release_pass_its_fence() {
+    let t = db().await;
+    let n = name();
+    let l = t
+        .locks
+        .lease(&n)
+        .ttl(LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap()
+        .keep_alive();
+    let mut tx = t.pool.begin().await.unwrap();
+    l.fence(&mut tx).await.unwrap();
+    let limit = Duration::from_secs(5);
+    tokio::time::timeout(limit, l.set_data(json!({"step": 5})))
+        .await
+        .expect("set_data is not blocked by the fence")
+        .unwrap();
+    tokio::time::timeout(limit, l.renew())
+        .await
+        .expect("renew is not blocked by the fence")
+        .unwrap();
+    // A takeover still waits for the fenced transaction (it skips the row).
+    expire(&t, &n).await;
+    assert!(
+        t.other("b")
+            .lease(&n)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tx.commit().await.unwrap();
+    let b = t
+        .other("b")
+        .lease(&n)
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free once the fence ended");
+    b.release().await.unwrap();
 }
 
 #[tokio::test]
