@@ -88,3 +88,69 @@ pub async fn assert_released(pool: &PgPool, key: i64, secs: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A `Locks` on `schema` whose connections carry `application_name = app`,
+/// so a test can find (and terminate) exactly its sessions.
+pub fn locks_with_app(
+    pool: &PgPool,
+    schema: &str,
+    app: &str,
+    statement_connections: u32,
+) -> pglock::Locks {
+    let options = (*pool.connect_options()).clone().application_name(app);
+    let tagged = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(options);
+    pglock::Locks::builder(tagged)
+        .schema(schema)
+        .holder(app)
+        .statement_connections(statement_connections)
+        .build()
+        .unwrap()
+}
+
+/// Terminates every session whose application_name is `app`; returns how many.
+pub async fn terminate_app(pool: &PgPool, app: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Polls `f` until it returns true; panics after `secs` with `what`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs}s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `fut` `polls` times, letting the runtime run in between, then drops
+/// it. Returns its output if it finished first.
+pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: usize) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        let out = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        if out.is_some() {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    None
+}

@@ -1,0 +1,2 @@
+//! The `pglock` command-line tool (work in progress).
+fn main() {}
