@@ -20,15 +20,28 @@ const TTL: Duration = Duration::from_millis(800);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = PgPoolOptions::new().max_connections(8).connect(&cluster::shared_url()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))).execute(&db).await?;
+    let db = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&cluster::shared_url())
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+    )))
+    .execute(&db)
+    .await?;
     let locks = Locks::builder(db.clone()).schema(SCHEMA).build()?;
     locks.migrate().await?;
-    locks.lease_pool(POOL).add((0..12).map(|i| format!("shard-{i:03}"))).await?;
+    locks
+        .lease_pool(POOL)
+        .add((0..12).map(|i| format!("shard-{i:03}")))
+        .await?;
 
     let mut workers = Vec::new();
     for w in 0..3 {
-        let handle = Locks::builder(db.clone()).schema(SCHEMA).holder(format!("worker-{w}")).build()?;
+        let handle = Locks::builder(db.clone())
+            .schema(SCHEMA)
+            .holder(format!("worker-{w}"))
+            .build()?;
         workers.push(tokio::spawn(worker(w, handle, w == 1)));
     }
     let mut processed = 0;
@@ -36,9 +49,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         processed += w.await??;
     }
     let status = locks.lease_pool(POOL).status().await?;
-    println!("\n{processed} records processed; pool: {} of {} shards done", status.done, status.total);
+    println!(
+        "\n{processed} records processed; pool: {} of {} shards done",
+        status.done, status.total
+    );
     assert_eq!(status.done, 12);
-    assert_eq!(processed, 12 * RECORDS, "every record processed exactly once");
+    assert_eq!(
+        processed,
+        12 * RECORDS,
+        "every record processed exactly once"
+    );
     Ok(())
 }
 
@@ -55,7 +75,11 @@ async fn worker(w: usize, locks: Locks, mut crash: bool) -> Result<u64, Error> {
         };
         let start = shard.data().and_then(|d| d["offset"].as_u64()).unwrap_or(0);
         if start > 0 {
-            println!("worker-{w} resumes {} at record {start} (token {})", shard.name(), shard.token());
+            println!(
+                "worker-{w} resumes {} at record {start} (token {})",
+                shard.name(),
+                shard.token()
+            );
         }
         let mut crashed = false;
         for offset in start..RECORDS {
@@ -68,7 +92,10 @@ async fn worker(w: usize, locks: Locks, mut crash: bool) -> Result<u64, Error> {
             }
         }
         if crashed {
-            println!("worker-{w} crashes in {} after 5 records (checkpoint saved)", shard.name());
+            println!(
+                "worker-{w} crashes in {} after 5 records (checkpoint saved)",
+                shard.name()
+            );
             shard.orphan();
             // The process restarts; by then its lease has expired.
             tokio::time::sleep(TTL + Duration::from_millis(200)).await;

@@ -31,9 +31,19 @@ const DOOMED: usize = 2;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = PgPoolOptions::new().max_connections(8).connect(&cluster::shared_url()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))).execute(&db).await?;
-    let locks = Locks::builder(db.clone()).schema(SCHEMA).holder("coordinator").build()?;
+    let db = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&cluster::shared_url())
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+    )))
+    .execute(&db)
+    .await?;
+    let locks = Locks::builder(db.clone())
+        .schema(SCHEMA)
+        .holder("coordinator")
+        .build()?;
     locks.migrate().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {SCHEMA}.results (trial text NOT NULL, loss float8 NOT NULL, worker text NOT NULL, token bigint NOT NULL)"
@@ -57,7 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. Workers, each with its own handle as a separate process would have.
     let mut handles = Vec::new();
     for w in 0..WORKERS {
-        let locks = Locks::builder(db.clone()).schema(SCHEMA).holder(format!("worker-{w}")).build()?;
+        let locks = Locks::builder(db.clone())
+            .schema(SCHEMA)
+            .holder(format!("worker-{w}"))
+            .build()?;
         let db = db.clone();
         handles.push(tokio::spawn(async move { worker(w, locks, db).await }));
     }
@@ -77,19 +90,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .fetch_all(&db)
     .await?;
     println!("\nleaderboard (top 5 of {}):", rows.len());
-    println!("  {:<26} {:>8}  {:<9} {:>6}", "trial", "loss", "worker", "token");
+    println!(
+        "  {:<26} {:>8}  {:<9} {:>6}",
+        "trial", "loss", "worker", "token"
+    );
     for (trial, loss, worker, token) in rows.iter().take(5) {
         println!("  {trial:<26} {loss:>8.4}  {worker:<9} {token:>6}");
     }
     let status = sweep.status().await?;
-    println!("\npool status: {} total, {} done, {} held, {} free", status.total, status.done, status.held, status.free);
+    println!(
+        "\npool status: {} total, {} done, {} held, {} free",
+        status.total, status.done, status.held, status.free
+    );
     let mut per_trial = std::collections::HashMap::new();
     for (trial, ..) in &rows {
         *per_trial.entry(trial.clone()).or_insert(0) += 1;
     }
     let exactly_once = trials.iter().all(|t| per_trial.get(t) == Some(&1));
     println!("every trial has exactly one result: {exactly_once}");
-    assert!(exactly_once, "some trial has no result or several: {per_trial:?}");
+    assert!(
+        exactly_once,
+        "some trial has no result or several: {per_trial:?}"
+    );
     assert_eq!(status.done as usize, trials.len());
     Ok(())
 }
@@ -106,12 +128,22 @@ async fn worker(w: usize, locks: Locks, db: PgPool) -> (usize, Result<Option<usi
             Err(e) => return (w, Err(e)),
         };
         if let Some(progress) = trial.data() {
-            println!("worker-{w} resumes {} (token {}) after a crash: found {progress}", trial.name(), trial.token());
+            println!(
+                "worker-{w} resumes {} (token {}) after a crash: found {progress}",
+                trial.name(),
+                trial.token()
+            );
         }
         if w == DOOMED && done == 1 {
             // 3. Killed mid-trial: no more renewals, no release.
-            println!("worker-{w} is killed while training {} (token {})", trial.name(), trial.token());
-            let _ = trial.set_data(json!({"step": 2, "note": "worker-2 died here"})).await;
+            println!(
+                "worker-{w} is killed while training {} (token {})",
+                trial.name(),
+                trial.token()
+            );
+            let _ = trial
+                .set_data(json!({"step": 2, "note": "worker-2 died here"}))
+                .await;
             trial.orphan();
             return (w, Ok(None));
         }
@@ -167,7 +199,11 @@ async fn record(db: &PgPool, trial: &Lease, w: usize, loss: f64) -> Result<(), E
 /// A synthetic validation loss: best near lr=1e-3, bs=64, plus seed noise.
 fn objective(trial: &str) -> f64 {
     let field = |k: &str| {
-        trial.split(',').find_map(|kv| kv.strip_prefix(k)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        trial
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     let (lr, bs, seed) = (field("lr="), field("bs="), field("seed="));
     let noise = (hash(&format!("{trial}:{seed}")) % 1000) as f64 / 1000.0 * 0.05;
@@ -175,5 +211,7 @@ fn objective(trial: &str) -> f64 {
 }
 
 fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -111,17 +111,17 @@ pub(crate) const CHANNEL: &str = "pglock";
 /// held by a fenced transaction (`FOR KEY SHARE`) counts as taken for now.
 /// The token comes from the global sequence when the row is written. The
 /// last branch reports the current holder and how long until its expiry, by
-/// the database clock, so a waiter knows when to look again; it says
-/// `acquired` if the row already carries this owner id (a retry of a
-/// statement whose answer was lost with its connection).
+/// the database clock, so a waiter knows when to look again. A row that
+/// already carries this owner id (a retry of a statement whose answer was
+/// lost with its connection) is taken again, with a new token.
 const LEASE_ACQUIRE: &str = "\
 WITH cur AS (
-    SELECT token, owner, holder, expires_at, data FROM {s}.leases WHERE pool = '' AND name = $1
+    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE pool = '' AND name = $1
 ), lk AS (
     SELECT l.name FROM {s}.leases l, cur
      WHERE l.pool = '' AND l.name = $1
-       AND (cur.owner IS NULL OR cur.expires_at <= clock_timestamp())
-       AND (l.owner IS NULL OR l.expires_at <= clock_timestamp())
+       AND (cur.owner IS NULL OR cur.owner = $2 OR cur.expires_at <= clock_timestamp())
+       AND (l.owner IS NULL OR l.owner = $2 OR l.expires_at <= clock_timestamp())
        FOR UPDATE OF l SKIP LOCKED
 ), ins AS (
     INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data)
@@ -145,7 +145,7 @@ SELECT true AS acquired, token, expires_at, data, NULL::text AS holder, NULL::fl
 UNION ALL
 SELECT true, token, expires_at, data, NULL, NULL FROM upd
 UNION ALL
-SELECT owner IS NOT DISTINCT FROM $2, token, expires_at, data, holder,
+SELECT false, token, expires_at, NULL, holder,
        greatest(0, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8
   FROM cur
  WHERE NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)";
@@ -301,11 +301,11 @@ WITH p AS (
 )
 SELECT count(*) FROM ins";
 
-/// Claim any item of a pool in one statement, in this order (`again` first
-/// returns the item this owner id already claimed, when a retry repeats a
-/// statement whose answer was lost with its connection):
+/// Claim any item of a pool in one statement, in this order:
 /// 1. `sticky`: a released or expired item last held by this holder label
-///    (a restarted worker resumes its own shard);
+///    (a restarted worker resumes its own shard), or one this very owner id
+///    already holds (a retry of a statement whose answer was lost with its
+///    connection: the item is claimed again with a new token);
 /// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
 ///    the index entries of items claimed before are never walked;
 /// 3. `expired`: the item whose lease expired first.
@@ -327,28 +327,24 @@ SELECT count(*) FROM ins";
 const POOL_CLAIM: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
-), again AS (
-    SELECT name, token, expires_at, data FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND holder = $3 AND owner = $2 AND NOT done
 ), sticky AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND holder = $3 AND NOT done
-       AND (owner IS NULL OR expires_at <= clock_timestamp())
+       AND (owner IS NULL OR owner = $2 OR expires_at <= clock_timestamp())
        AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM again)
+     ORDER BY owner = $2 DESC NULLS LAST
      LIMIT 1 FOR UPDATE SKIP LOCKED
 ), free AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
        AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM sticky)
+       AND NOT EXISTS (SELECT 1 FROM sticky)
      ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
        AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM sticky)
-       AND NOT EXISTS (SELECT 1 FROM free)
+       AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
      ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), pick AS (
     SELECT name FROM sticky UNION ALL SELECT name FROM free UNION ALL SELECT name FROM expired
@@ -376,8 +372,6 @@ SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
        true AS any_held, false AS free_locked
   FROM claimed
 UNION ALL
-SELECT true, name, token, expires_at, data, NULL, true, false FROM again
-UNION ALL
 SELECT false, NULL, NULL, NULL, NULL,
        (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
           FROM {s}.leases
@@ -388,7 +382,7 @@ SELECT false, NULL, NULL, NULL, NULL,
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
            AND ($5::int4 IS NULL OR slot < $5)
          ORDER BY seq LIMIT 1) IS NOT NULL
- WHERE NOT EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM again)";
+ WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
 /// Counts of a pool, in one scan of its rows.
 const POOL_STATUS: &str = "\
