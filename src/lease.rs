@@ -897,6 +897,54 @@ impl Lease {
         finish(&self.handle, &self.handle.locks.inner.sql.item_complete).await
     }
 
+    /// Marks a pool item done for good inside the caller's transaction,
+    /// together with the fenced writes that finish it: they commit, or roll
+    /// back, as one. Call it as `lease.complete_in(&mut *tx)` before
+    /// `tx.commit()`. If the transaction rolls back, the item stays held
+    /// until its TTL runs out (renewal stops here) and is then claimed again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a plain lease or a connection outside a
+    /// transaction; [`Error::LeaseLost`] if the item was no longer ours;
+    /// [`Error::Database`].
+    pub async fn complete_in(mut self, conn: &mut PgConnection) -> Result<()> {
+        if self.handle.shared.pool.is_empty() {
+            return Err(Error::invalid(
+                "lease",
+                format!(
+                    "{:?} is a plain lease; only pool items can be completed",
+                    self.name()
+                ),
+            ));
+        }
+        if !conn.is_in_transaction() {
+            return Err(Error::invalid(
+                "conn",
+                "complete_in needs a connection inside a transaction begun with sqlx \
+                 (pool.begin() or conn.begin(), then call it with &mut *tx)",
+            ));
+        }
+        self.done = true;
+        self.stop_keep_alive();
+        let inner = &self.handle.locks.inner;
+        let s = &self.handle.shared;
+        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.item_complete.as_str()))
+            .bind(&s.pool)
+            .bind(&s.name)
+            .bind(s.token)
+            .bind(s.owner)
+            .bind(s.wake_payload(&inner.schema))
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| Error::from_db(e, &inner.schema))?;
+        s.mark_lost_quiet();
+        match row {
+            Some(_) => Ok(()),
+            None => Err(s.lost_error()),
+        }
+    }
+
     /// Stops renewing and forgets the lease without releasing it: it stays
     /// held until its TTL runs out (crash-like hand-over).
     pub fn orphan(mut self) {
