@@ -343,23 +343,105 @@ async fn only_the_owner_id_can_renew_release_or_set_data() {
         .await
         .unwrap()
         .unwrap();
-    // The documented release statement with the right token but another
-    // owner id changes nothing.
-    let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{}\".leases SET owner = NULL, expires_at = NULL WHERE name = $1 AND token = $2 AND owner = $3",
-        t.schema
-    )))
-    .bind(&n)
-    .bind(l.token())
-    .bind(uuid::Uuid::new_v4())
-    .execute(&t.pool)
-    .await
-    .unwrap()
-    .rows_affected();
-    assert_eq!(released, 0);
+    // pglock's own statements, sent with the right token but another owner
+    // id (tokens are sequential, so guessable; owner ids are not), change
+    // nothing.
+    let sql = t.locks.__statements();
+    let stranger = uuid::Uuid::new_v4();
+    let payload = format!("{}:{n}", t.schema);
+    let run = |q: &str| sqlx::query(sqlx::AssertSqlSafe(q.to_owned()));
+    let pool = &t.pool;
+    let renewed = run(&sql.lease_renew)
+        .bind(vec![""])
+        .bind(vec![n.as_str()])
+        .bind(vec![l.token()])
+        .bind(vec![stranger])
+        .bind(vec![60_000i64])
+        .execute(pool)
+        .await
+        .unwrap();
+    let data = run(&sql.lease_set_data)
+        .bind("")
+        .bind(&n)
+        .bind(l.token())
+        .bind(stranger)
+        .bind(json!({"stolen": true}))
+        .bind(60_000i64)
+        .execute(pool)
+        .await
+        .unwrap();
+    let released = run(&sql.lease_release)
+        .bind("")
+        .bind(&n)
+        .bind(l.token())
+        .bind(stranger)
+        .bind(&payload)
+        .execute(pool)
+        .await
+        .unwrap();
+    for (what, r) in [
+        ("renew", renewed),
+        ("set data", data),
+        ("release", released),
+    ] {
+        assert_eq!(r.rows_affected(), 0, "{what} acted without the owner id");
+    }
+    assert!(
+        t.other("b")
+            .lease(&n)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "still held"
+    );
     l.renew().await.unwrap();
     l.set_data(json!({"step": 1})).await.unwrap();
     l.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn fence_uses_the_statement_clock_not_the_transaction_start() {
+    let t = db().await;
+    let n = name();
+    let l = t
+        .locks
+        .lease(&n)
+        .ttl(Duration::from_millis(200))
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    // A transaction that starts while the lease is valid...
+    let mut tx = t.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    // ...and goes on past the expiry (by the database clock).
+    let expired = format!(
+        "SELECT expires_at <= clock_timestamp() FROM \"{}\".leases WHERE name = $1",
+        t.schema
+    );
+    support::eventually(5, "the lease expires", || async {
+        sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(expired.clone()))
+            .bind(&n)
+            .fetch_one(&t.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    // The lease's own deadline (90% of the TTL) has passed too; check the
+    // server's verdict through the SQL function, as another language would.
+    let call = format!("SELECT \"{}\".fence($1, $2)::text", t.schema);
+    let err = sqlx::query(sqlx::AssertSqlSafe(call))
+        .bind(&n)
+        .bind(l.token())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
