@@ -1,2 +1,233 @@
-//! The `pglock` command-line tool (work in progress).
-fn main() {}
+//! `pglock`: run any command under a PostgreSQL lock, lease or pool item,
+//! and see or repair who holds what. Unix only. It only calls the library
+//! (plus a few read-only queries to name holders).
+//!
+//! # Commands
+//!
+//! | command | what it does |
+//! | --- | --- |
+//! | `pglock migrate` | install or upgrade the schema (idempotent) |
+//! | `pglock exec --lease NAME [--ttl 30s] [--timeout D \| --no-wait] [--data JSON] -- CMD…` | acquire the lease, renew it while `CMD` runs, release it when `CMD` exits |
+//! | `pglock exec --advisory KEY [--shared] [--timeout D \| --no-wait] -- CMD…` | the same under a session advisory lock |
+//! | `pglock exec --pool POOL [--all] -- CMD… {}` | claim any free item, run `CMD` with `{}` replaced by it, complete the item if `CMD` exits 0, release it otherwise; `--all` repeats until the pool is drained |
+//! | `pglock pool add POOL ITEMS… \| --from-file F` | add items (`-` reads stdin) |
+//! | `pglock pool status POOL [--items] [--json]` | counts: free, held, done |
+//! | `pglock ls [--json]` | leases, held pool items, and advisory locks held in the database |
+//! | `pglock release --force [--pool P] NAME` | release a lease or item whoever holds it |
+//! | `pglock request-release [--pool P] NAME` | ask its holder to let go |
+//!
+//! Global flags: `--database-url` (or `DATABASE_URL`), `--schema` (or
+//! `PGLOCK_SCHEMA`, default `pglock`), `--holder` (or `PGLOCK_HOLDER`,
+//! default `hostname:pid`), `--quiet`, `--verbose`. Durations are written
+//! `500ms`, `30s`, `5m`, `2h`, `1d` or `1h30m`.
+//!
+//! # The command under `exec`
+//!
+//! It inherits pglock's standard streams and environment, plus
+//! `PGLOCK_NAME`, `PGLOCK_TOKEN` (the fencing token), `PGLOCK_DEADLINE`
+//! (the lease's expiry by the database clock when the command started, RFC
+//! 3339: when the lease would end if pglock died then) and `PGLOCK_SCHEMA`
+//! for a lease; `PGLOCK_KEY` for an advisory lock; and for a pool item
+//! `PGLOCK_POOL`, `PGLOCK_ITEM` and the lease variables (`PGLOCK_NAME` is
+//! the item).
+//!
+//! - The lease is renewed every third of its TTL. If it is lost (renewal
+//!   refused or not answered before the holder's deadline, or an advisory
+//!   lock's session ended), the command gets SIGTERM, then SIGKILL after
+//!   `--grace` (default 10s), and pglock exits 70 with the reason.
+//! - `pglock request-release NAME` sends the command SIGTERM, once; the
+//!   lease stays held until the command exits.
+//! - SIGINT, SIGTERM and SIGHUP sent to pglock are passed on to the
+//!   command; the lease is held until the command exits, then released.
+//!   Ctrl-C on a terminal already reaches the command (it is in pglock's
+//!   foreground process group), so pglock does not pass that SIGINT on
+//!   again. While pglock is still waiting, these signals stop the wait.
+//! - If pglock itself is killed with SIGKILL, it can tell nobody: the
+//!   command runs on and the lease expires after its TTL. Supervisors should
+//!   signal the whole process group.
+//!
+//! `exec --pool --all` stops at the first command that fails: its item is
+//! released for another try (by another worker, or this one later), and
+//! pglock exits with that command's status. It exits 0 when the pool is
+//! drained, or, with `--no-wait`, when no item is free.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | the command's | `exec`: the command ran and exited (128 + N if a signal N ended it) |
+//! | 0 | success |
+//! | 1 | any other error: database unreachable or refusing, schema not migrated, unreadable file |
+//! | 2 | bad arguments or invalid input (clap's usage errors, bad names, TTLs, URLs) |
+//! | 70 | the lock was lost while the command ran; the command was stopped |
+//! | 75 | not obtained: held (`--no-wait`), `--timeout` ran out, or a drained pool without `--all` |
+//! | 126 / 127 | the command could not be run / was not found |
+//! | 128 + N | pglock was stopped by signal N while waiting; nothing is held |
+//!
+//! A command's own status can collide with these numbers; scripts that need
+//! to tell them apart should have the command avoid 70, 75 and 126–127.
+//!
+//! While waiting on a terminal, pglock draws a status line on stderr (what
+//! it waits for, who holds it, time left on the holder's lease, time
+//! waited); it is silent when stderr is not a terminal. Errors are one
+//! sentence on stderr, with the fix.
+
+// The crate root is src/bin/pglock.rs: its modules live in src/bin/pglock/.
+#[path = "pglock/admin.rs"]
+mod admin;
+#[path = "pglock/child.rs"]
+mod child;
+#[path = "pglock/cli.rs"]
+mod cli;
+#[path = "pglock/duration.rs"]
+mod duration;
+#[path = "pglock/exec.rs"]
+mod exec;
+#[path = "pglock/report.rs"]
+mod report;
+#[path = "pglock/sql.rs"]
+mod sql;
+#[path = "pglock/waiting.rs"]
+mod waiting;
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use pglock::Locks;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+use crate::child::Signals;
+use crate::cli::{Cli, Command, PoolCommand};
+use crate::report::{EXIT_FAILURE, Failure, Ui};
+
+/// Longest wait for the first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every command works with.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) locks: Locks,
+    /// For the read-only queries that name holders; pglock's own
+    /// connections live beside it, in `locks`.
+    pub(crate) pool: PgPool,
+    pub(crate) ui: Ui,
+}
+
+impl Ctx {
+    /// One of [`sql`]'s statements with this schema filled in.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        sql::with_schema(template, self.locks.schema())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = Ui::new(cli.quiet, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            ui.error(format_args!("cannot start: {e}"));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match run(cli, ui).await {
+            Ok(code) => code,
+            Err(f) => {
+                ui.clear_status();
+                ui.failure(&f);
+                f.code
+            }
+        }
+    });
+    // Background tasks (renewals, LISTEN) have nothing left to do.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
+    // Caught first: pglock must not die of them while it holds something.
+    let mut signals = Signals::catch()
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}")))?;
+    // Read before connecting: a bad file fails without a database round trip.
+    let items = match &cli.command {
+        Command::Pool(PoolCommand::Add {
+            items, from_file, ..
+        }) => match from_file {
+            Some(path) => admin::read_items(path)?,
+            None => items.clone(),
+        },
+        _ => Vec::new(),
+    };
+    let ctx = connect(&cli, ui).await?;
+    let result = match &cli.command {
+        Command::Migrate => admin::migrate(&ctx).await,
+        Command::Exec(args) => exec::exec(&ctx, args, &mut signals).await,
+        Command::Pool(PoolCommand::Add { pool, .. }) => admin::pool_add(&ctx, pool, items).await,
+        Command::Pool(PoolCommand::Status { pool, items, json }) => {
+            admin::pool_status(&ctx, pool, *items, *json).await
+        }
+        Command::Ls { json } => admin::ls(&ctx, *json).await,
+        Command::Release(args) => admin::release(&ctx, args.force, &args.target).await,
+        Command::RequestRelease(target) => admin::request_release(&ctx, target).await,
+    };
+    ctx.pool.close().await;
+    result
+}
+
+/// Checks the options, then opens the first connection, so that a bad URL
+/// or an unreachable server is reported before anything else.
+async fn connect(cli: &Cli, ui: Ui) -> Result<Ctx, Failure> {
+    let Some(url) = cli.database_url.as_deref().filter(|u| !u.is_empty()) else {
+        return Err(Failure::usage(
+            "no database given: set DATABASE_URL or pass --database-url \
+             postgres://user:password@host:5432/database",
+        ));
+    };
+    let options = PgConnectOptions::from_str(url).map_err(Failure::from_sqlx)?;
+    let build = |pool: PgPool| {
+        let mut builder = Locks::builder(pool).schema(cli.schema.as_str());
+        if let Some(holder) = &cli.holder {
+            builder = builder.holder(holder.as_str());
+        }
+        builder.build().map_err(Failure::from_lib)
+    };
+    // Sessions carry the holder label, so that `pglock ls` (and
+    // pg_stat_activity) tell whose advisory locks they are.
+    let options = if options.get_application_name().is_none() {
+        let probe = build(PgPoolOptions::new().connect_lazy_with(options.clone()))?;
+        options.application_name(&format!("pglock {}", probe.holder()))
+    } else {
+        options
+    };
+    let connect_options = options.clone();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options);
+    let locks = build(pool.clone())?;
+    // One plain connection first: the pool would retry a refused connection
+    // until its timeout, where this reports it at once.
+    let first = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        PgConnection::connect_with(&connect_options),
+    )
+    .await
+    .map_err(|_| Failure::from_sqlx(sqlx::Error::PoolTimedOut))?
+    .map_err(Failure::from_sqlx)?;
+    let _ = first.close().await;
+    ui.detail(format_args!(
+        "connected; schema {:?}, holder {:?}",
+        locks.schema(),
+        locks.holder()
+    ));
+    Ok(Ctx { locks, pool, ui })
+}

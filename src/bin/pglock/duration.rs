@@ -14,7 +14,9 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("{text:?} is not a duration; {help}"));
         }
@@ -97,13 +99,20 @@ mod tests {
             "", "30", "s", "1.5s", "-1s", "5 m", "5min", "1h30", "ms500", " 5s",
         ] {
             let err = parse(bad).unwrap_err();
-            assert!(err.contains("500ms") || err.contains("too long"), "{bad}: {err}");
+            assert!(
+                err.contains("500ms") || err.contains("too long"),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn refuses_overflow() {
-        assert!(parse("99999999999999999999s").unwrap_err().contains("too long"));
+        assert!(
+            parse("99999999999999999999s")
+                .unwrap_err()
+                .contains("too long")
+        );
         assert!(parse("4294967296s").unwrap_err().contains("too long"));
     }
 

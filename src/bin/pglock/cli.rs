@@ -1,0 +1,257 @@
+//! The command line, as clap reads it: every command, flag and help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  export DATABASE_URL=postgres://app:secret@db.internal:5432/app
+  pglock migrate
+  pglock exec --lease nightly-report -- ./report.sh
+  pglock exec --advisory ckpt/run-42 --timeout 5m -- python save_checkpoint.py
+  pglock pool add shards shard-000 shard-001 shard-002
+  pglock exec --pool shards --all -- python train.py --shard {}
+  pglock ls
+
+Exit codes: the command's own status, or 2 bad arguments, 70 lock lost while
+the command ran, 75 lock not obtained, 126/127 command not runnable/not found,
+128+N pglock interrupted by signal N while waiting, 1 any other error.";
+
+/// Run any command under a PostgreSQL lock, lease or pool item, and see or
+/// repair who holds what.
+#[derive(Debug, Parser)]
+#[command(name = "pglock", version, after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    /// PostgreSQL connection URL, e.g. postgres://user:password@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// Schema of pglock's tables.
+    #[arg(
+        long,
+        env = "PGLOCK_SCHEMA",
+        default_value = pglock::DEFAULT_SCHEMA,
+        global = true
+    )]
+    pub(crate) schema: String,
+
+    /// Holder label recorded with leases and pool items [default:
+    /// hostname:pid]. A restarted worker with the same label gets its own
+    /// pool item back first.
+    #[arg(long, env = "PGLOCK_HOLDER", global = true)]
+    pub(crate) holder: Option<String>,
+
+    /// Print nothing but errors and the output asked for.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    /// Say what happens: acquisitions, releases, signals, exit statuses.
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Install or upgrade pglock's schema (idempotent).
+    #[command(after_help = "Example:\n  pglock --database-url postgres://localhost/app migrate")]
+    Migrate,
+
+    /// Run a command while holding a lease, an advisory lock or a pool item.
+    #[command(after_help = EXEC_HELP)]
+    Exec(ExecArgs),
+
+    /// Fill a pool with items, or see how far it is.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+
+    /// List leases, held pool items and advisory locks.
+    #[command(
+        after_help = "Examples:\n  pglock ls\n  pglock ls --json | jq '.leases[] | select(.held)'"
+    )]
+    Ls {
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Release a lease (or pool item) whoever holds it.
+    #[command(
+        after_help = "Examples:\n  pglock release --force nightly-report\n  pglock release --force --pool shards shard-017"
+    )]
+    Release(ReleaseArgs),
+
+    /// Ask the holder of a lease (or pool item) to let go: a holder running
+    /// under `pglock exec` sends its command SIGTERM.
+    #[command(
+        after_help = "Examples:\n  pglock request-release nightly-report\n  pglock request-release --pool shards shard-017"
+    )]
+    RequestRelease(TargetArgs),
+}
+
+const EXEC_HELP: &str = "\
+The command gets, in its environment:
+  --lease:     PGLOCK_NAME, PGLOCK_TOKEN (fencing token), PGLOCK_DEADLINE
+               (lease expiry by the database clock at start, RFC 3339), PGLOCK_SCHEMA
+  --advisory:  PGLOCK_KEY
+  --pool:      PGLOCK_POOL, PGLOCK_ITEM (also substituted for {} in the command),
+               PGLOCK_NAME, PGLOCK_TOKEN, PGLOCK_DEADLINE, PGLOCK_SCHEMA
+The lease is renewed while the command runs and released when it exits. If it
+is lost, the command gets SIGTERM, then SIGKILL after --grace, and pglock exits
+with 70. A release request (pglock request-release) sends the command SIGTERM.
+SIGINT, SIGTERM and SIGHUP sent to pglock are passed on to the command.
+
+Examples:
+  pglock exec --lease nightly-report --ttl 1m -- ./report.sh
+  pglock exec --lease leader --no-wait -- ./lead.sh || echo \"someone else leads\"
+  pglock exec --advisory ckpt/run-42 --timeout 5m -- python save_checkpoint.py
+  pglock exec --pool shards --all -- python train.py --shard {}";
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("target")
+        .required(true)
+        .args(["lease", "advisory", "pool"])
+))]
+pub(crate) struct ExecArgs {
+    /// Hold the lease NAME: a claim with a fencing token, renewed while the
+    /// command runs.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) lease: Option<String>,
+
+    /// Hold the session advisory lock KEY (a string, hashed by the server
+    /// with hashtextextended(KEY, 0), as psql can do).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) advisory: Option<String>,
+
+    /// Claim any free item of POOL; it is completed when the command exits
+    /// 0, released otherwise.
+    #[arg(long, value_name = "POOL")]
+    pub(crate) pool: Option<String>,
+
+    /// With --pool: claim and run items one after the other until the pool
+    /// is drained; stop at the first command that fails.
+    #[arg(long, requires = "pool")]
+    pub(crate) all: bool,
+
+    /// With --advisory: take the lock in shared mode (excludes only
+    /// exclusive holders).
+    #[arg(long, requires = "advisory")]
+    pub(crate) shared: bool,
+
+    /// Lease TTL: how long the lease outlives pglock if pglock dies. It is
+    /// renewed every third of it.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = duration::parse,
+        conflicts_with = "advisory"
+    )]
+    pub(crate) ttl: Duration,
+
+    /// Give up (exit 75) after waiting this long [default: wait forever].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Do not wait: exit 75 at once if the lock is held.
+    #[arg(long, conflicts_with = "timeout")]
+    pub(crate) no_wait: bool,
+
+    /// With --lease: a JSON payload stored with the lease, visible to all
+    /// (pglock ls).
+    #[arg(long, value_name = "JSON", value_parser = parse_json, requires = "lease")]
+    pub(crate) data: Option<Value>,
+
+    /// After a lost lock, how long the command has between SIGTERM and
+    /// SIGKILL.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = duration::parse
+    )]
+    pub(crate) grace: Duration,
+
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoolCommand {
+    /// Add items to a pool (idempotent: items already there are kept as
+    /// they are).
+    #[command(
+        after_help = "Examples:\n  pglock pool add shards shard-000 shard-001 shard-002\n  seq -f 'trial-%03g' 1 500 | pglock pool add trials --from-file -"
+    )]
+    Add {
+        /// The pool.
+        pool: String,
+        /// Items to add.
+        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+        items: Vec<String>,
+        /// Read items from FILE, one a line (`-` reads standard input).
+        /// Surrounding whitespace is trimmed; empty lines are skipped.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+
+    /// Count a pool's items: free, held, done.
+    #[command(
+        after_help = "Examples:\n  pglock pool status shards\n  pglock pool status shards --items --json"
+    )]
+    Status {
+        /// The pool.
+        pool: String,
+        /// Also list every item with its state and holder.
+        #[arg(long)]
+        items: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    /// Release it even though another process holds it (required: pglock
+    /// exec releases its own leases).
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TargetArgs {
+    /// The lease name, or the item name with --pool.
+    pub(crate) name: String,
+
+    /// NAME is an item of this pool.
+    #[arg(long, value_name = "POOL")]
+    pub(crate) pool: Option<String>,
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("not valid JSON ({e}); e.g. '{{\"step\": 1200}}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,312 @@
+//! `pglock exec`: run a command under a lease, an advisory lock, or a pool
+//! item (one, or `--all` of them).
+
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use pglock::{Error, Lease};
+
+use crate::Ctx;
+use crate::child::{self, Finished, Signals, Watch};
+use crate::cli::ExecArgs;
+use crate::report::{EXIT_LOST, Failure};
+use crate::waiting::{Target, Waited, interrupted, lease_loss, wait_for};
+
+/// Longest pglock waits for a release on its way out; past it, the lease
+/// expires with its TTL.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `pglock exec`; returns the exit code.
+pub(crate) async fn exec(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, Failure> {
+    if let Some(name) = &args.lease {
+        exec_lease(ctx, name, args, signals).await
+    } else if let Some(key) = &args.advisory {
+        exec_advisory(ctx, key, args, signals).await
+    } else if let Some(pool) = &args.pool {
+        exec_pool(ctx, pool, args, signals).await
+    } else {
+        unreachable!("clap requires one of --lease, --advisory, --pool")
+    }
+}
+
+async fn exec_lease(
+    ctx: &Ctx,
+    name: &str,
+    args: &ExecArgs,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
+    let target = Target::Lease(name.to_owned());
+    let mut request = ctx.locks.lease(name).ttl(args.ttl);
+    if let Some(data) = &args.data {
+        request = request.data(data.clone());
+    }
+    let lease = if args.no_wait {
+        match request.try_acquire().await? {
+            Some(lease) => lease,
+            None => return Err(target.not_obtained(ctx, "--no-wait").await),
+        }
+    } else {
+        if let Some(t) = args.timeout {
+            request = request.timeout(t);
+        }
+        match wait_for(ctx, &target, signals, request.acquire()).await {
+            Waited::Done(Ok(lease)) => lease,
+            Waited::Done(Err(e)) => return Err(not_obtained_or(ctx, &target, args, e).await),
+            Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
+        }
+    };
+    let lease = lease.keep_alive();
+    ctx.ui.detail(format_args!(
+        "acquired {target} (token {}, ttl {})",
+        lease.token(),
+        crate::duration::human(args.ttl)
+    ));
+    let env = lease_env(ctx, &lease);
+    let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
+    end_lease(ctx, lease, finished, args.grace).await
+}
+
+async fn exec_advisory(
+    ctx: &Ctx,
+    key: &str,
+    args: &ExecArgs,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
+    let target = Target::Advisory {
+        key: key.to_owned(),
+        shared: args.shared,
+    };
+    let mut request = ctx.locks.advisory(key);
+    if args.shared {
+        request = request.shared();
+    }
+    let guard = if args.no_wait {
+        match request.try_lock().await? {
+            Some(guard) => guard,
+            None => return Err(target.not_obtained(ctx, "--no-wait").await),
+        }
+    } else {
+        if let Some(t) = args.timeout {
+            request = request.timeout(t);
+        }
+        match wait_for(ctx, &target, signals, request.lock()).await {
+            Waited::Done(Ok(guard)) => guard,
+            Waited::Done(Err(e)) => return Err(not_obtained_or(ctx, &target, args, e).await),
+            Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
+        }
+    };
+    ctx.ui.detail(format_args!(
+        "acquired {target} (session pid {})",
+        guard.pid()
+    ));
+    let env = [("PGLOCK_KEY", key.to_owned())];
+    let watch = Watch {
+        lost: guard.lost(),
+        release_requested: std::future::pending(),
+        grace: args.grace,
+    };
+    let finished = child::run(&args.command, &env, watch, signals, ctx.ui).await;
+    let pid = guard.pid();
+    let released = tokio::time::timeout(RELEASE_TIMEOUT, guard.release()).await;
+    let finished = finished?;
+    if finished.lost {
+        return Err(lost(
+            &target.to_string(),
+            &format!("its session (pid {pid}) ended or no longer holds it"),
+            &finished,
+            args.grace,
+        ));
+    }
+    match released {
+        Ok(Ok(())) => ctx.ui.detail(format_args!("released {target}")),
+        Ok(Err(e)) => ctx.ui.detail(format_args!("release: {e}")),
+        Err(_) => ctx
+            .ui
+            .detail("release did not answer in time; its session is closed"),
+    }
+    Ok(finished.code)
+}
+
+async fn exec_pool(
+    ctx: &Ctx,
+    pool: &str,
+    args: &ExecArgs,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
+    let target = Target::Pool(pool.to_owned());
+    let items = ctx.locks.lease_pool(pool);
+    let mut ran = 0u64;
+    loop {
+        let mut claim = items.claim().ttl(args.ttl);
+        let claimed = if args.no_wait {
+            claim.try_acquire().await
+        } else {
+            if let Some(t) = args.timeout {
+                claim = claim.timeout(t);
+            }
+            match wait_for(ctx, &target, signals, claim.acquire()).await {
+                Waited::Done(r) => r.map(Some),
+                Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
+            }
+        };
+        let lease = match claimed {
+            Ok(Some(lease)) => lease,
+            Ok(None) if args.all => {
+                ctx.ui.info(format_args!(
+                    "no item of pool {pool:?} is free now; ran {ran} item(s)"
+                ));
+                return Ok(0);
+            }
+            Ok(None) => return Err(target.not_obtained(ctx, "--no-wait").await),
+            Err(Error::PoolDrained { .. }) if args.all => {
+                ctx.ui
+                    .info(format_args!("pool {pool:?} is drained; ran {ran} item(s)"));
+                return Ok(0);
+            }
+            Err(e) => return Err(not_obtained_or(ctx, &target, args, e).await),
+        };
+        let lease = lease.keep_alive();
+        let item = lease.name().to_owned();
+        ctx.ui.detail(format_args!(
+            "claimed item {item:?} of pool {pool:?} (token {})",
+            lease.token()
+        ));
+        let mut env = lease_env(ctx, &lease);
+        env.push(("PGLOCK_POOL", pool.to_owned()));
+        env.push(("PGLOCK_ITEM", item.clone()));
+        let argv = child::substitute(&args.command, &item);
+        let finished = supervise_lease(ctx, &lease, &argv, &env, args.grace, signals).await;
+        let code = end_lease(ctx, lease, finished, args.grace).await?;
+        ran += 1;
+        if code != 0 {
+            if args.all {
+                ctx.ui.info(format_args!(
+                    "the command failed on item {item:?} (exit {code}); it is back in pool {pool:?} for another try; stopping"
+                ));
+            }
+            return Ok(code);
+        }
+        if !args.all {
+            return Ok(0);
+        }
+    }
+}
+
+/// The environment of a command holding a lease (or pool item).
+fn lease_env(ctx: &Ctx, lease: &Lease) -> Vec<(&'static str, String)> {
+    vec![
+        ("PGLOCK_NAME", lease.name().to_owned()),
+        ("PGLOCK_TOKEN", lease.token().to_string()),
+        (
+            "PGLOCK_DEADLINE",
+            lease
+                .expires_at()
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        ),
+        ("PGLOCK_SCHEMA", ctx.locks.schema().to_owned()),
+    ]
+}
+
+/// Runs the command while `lease` is kept alive, stopping it if the lease
+/// is lost and asking it to stop when a release is requested.
+async fn supervise_lease(
+    ctx: &Ctx,
+    lease: &Lease,
+    argv: &[String],
+    env: &[(&str, String)],
+    grace: Duration,
+    signals: &mut Signals,
+) -> Result<Finished, Failure> {
+    let watch = Watch {
+        lost: lease.lost(),
+        release_requested: lease.release_requested(),
+        grace,
+    };
+    child::run(argv, env, watch, signals, ctx.ui).await
+}
+
+/// Lets go of `lease` after its command: completes a pool item whose
+/// command succeeded, releases it otherwise. Returns the exit code.
+async fn end_lease(
+    ctx: &Ctx,
+    lease: Lease,
+    finished: Result<Finished, Failure>,
+    grace: Duration,
+) -> Result<u8, Failure> {
+    let what = match lease.pool() {
+        Some(pool) => format!("item {:?} of pool {pool:?}", lease.name()),
+        None => format!("lease {:?}", lease.name()),
+    };
+    let (pool, name, token) = (
+        lease.pool().unwrap_or_default().to_owned(),
+        lease.name().to_owned(),
+        lease.token(),
+    );
+    let complete = lease.pool().is_some() && matches!(&finished, Ok(f) if f.code == 0 && !f.lost);
+    let done = if complete {
+        tokio::time::timeout(RELEASE_TIMEOUT, lease.complete()).await
+    } else {
+        tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await
+    };
+    let finished = finished?;
+    if finished.lost {
+        let why = lease_loss(ctx, &pool, &name, token).await;
+        return Err(lost(
+            &format!("{what} (token {token})"),
+            &why,
+            &finished,
+            grace,
+        ));
+    }
+    match done {
+        Ok(Ok(())) if complete => ctx.ui.detail(format_args!("completed {what}")),
+        Ok(Ok(())) => ctx.ui.detail(format_args!("released {what}")),
+        Ok(Err(Error::LeaseLost { .. })) if complete => {
+            let why = lease_loss(ctx, &pool, &name, token).await;
+            return Err(Failure::new(
+                EXIT_LOST,
+                format!(
+                    "the command succeeded, but {what} (token {token}) was lost before it could be completed: {why}; it will be run again"
+                ),
+            ));
+        }
+        Ok(Err(e)) => ctx.ui.detail(format_args!("release of {what}: {e}")),
+        Err(_) => ctx.ui.info(format_args!(
+            "the database did not answer the release of {what} in time; it expires with its TTL"
+        )),
+    }
+    Ok(finished.code)
+}
+
+/// The reason for exit 70.
+fn lost(what: &str, why: &str, finished: &Finished, grace: Duration) -> Failure {
+    let stopped = if finished.killed {
+        format!(
+            "SIGTERM, then SIGKILL after {}",
+            crate::duration::human(grace)
+        )
+    } else {
+        "SIGTERM".to_owned()
+    };
+    Failure::new(
+        EXIT_LOST,
+        format!(
+            "{what} was lost while the command ran: {why}; the command was stopped with {stopped}"
+        ),
+    )
+}
+
+/// A failed wait: [`Error::Timeout`] and [`Error::PoolDrained`] become
+/// exit 75 with the holder named; anything else, its own failure.
+async fn not_obtained_or(ctx: &Ctx, target: &Target, args: &ExecArgs, e: Error) -> Failure {
+    match e {
+        Error::Timeout { waited, .. } => {
+            let why = format!(
+                "waited {}",
+                crate::duration::human(args.timeout.unwrap_or(waited))
+            );
+            target.not_obtained(ctx, &why).await
+        }
+        e => Failure::from_lib(e),
+    }
+}
