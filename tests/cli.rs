@@ -1,0 +1,690 @@
+//! The `pglock` binary, run as users run it, against a real PostgreSQL.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{TestDb, db, eventually};
+
+/// Longest any one pglock run may take in these tests.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// `pglock` with this test's database and schema, and none of the
+/// environment variables pglock reads.
+fn pglock(t: &TestDb) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+    isolate(cmd.env_remove("DATABASE_URL"));
+    cmd.args(["--database-url", &support::cluster::shared_url()])
+        .args(["--schema", &t.schema])
+        .timeout(RUN_LIMIT);
+    cmd
+}
+
+fn isolate(cmd: &mut assert_cmd::Command) -> &mut assert_cmd::Command {
+    cmd.env_remove("PGLOCK_SCHEMA").env_remove("PGLOCK_HOLDER")
+}
+
+/// The same, started in the background with its output captured.
+fn spawn(t: &TestDb, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pglock"))
+        .env_remove("DATABASE_URL")
+        .env_remove("PGLOCK_SCHEMA")
+        .env_remove("PGLOCK_HOLDER")
+        .args(["--database-url", &support::cluster::shared_url()])
+        .args(["--schema", &t.schema])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pglock")
+}
+
+/// Waits for a background pglock, at most [`RUN_LIMIT`].
+async fn finish(child: tokio::process::Child) -> Output {
+    tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+        .await
+        .expect("pglock did not exit in time")
+        .expect("wait for pglock")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh directory for a test's files.
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pglock-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn held(t: &TestDb, name: &str) -> bool {
+    t.locks
+        .leases()
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.pool.is_none() && l.name == name && l.held)
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does
+/// not).
+fn process_alive(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    state != Some("Z") && state != Some("X")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lease_runs_are_serialized_with_increasing_tokens() {
+    let t = db().await;
+    let dir = scratch();
+    let log = dir.join("log");
+    let name = unique("report");
+    // Each run logs its start and its end; overlapping runs would interleave.
+    let script = format!(
+        "echo \"start $PGLOCK_TOKEN\" >> {log}; sleep 0.3; echo \"end $PGLOCK_TOKEN\" >> {log}",
+        log = log.display()
+    );
+    let runs: Vec<_> = (0..3)
+        .map(|_| spawn(&t, &["exec", "--lease", &name, "--", "sh", "-c", &script]))
+        .collect();
+    for run in runs {
+        let out = finish(run).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let lines: Vec<String> = read(&log).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut last_token = 0;
+    for pair in lines.chunks(2) {
+        let start: i64 = pair[0].strip_prefix("start ").unwrap().parse().unwrap();
+        assert_eq!(
+            pair[1],
+            format!("end {start}"),
+            "runs overlapped: {lines:?}"
+        );
+        assert!(start > last_token, "tokens must increase: {lines:?}");
+        last_token = start;
+    }
+    assert!(!held(&t, &name).await, "every run released the lease");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_outliving_its_lost_lease_is_stopped() {
+    let t = db().await;
+    let dir = scratch();
+    let pids = dir.join("pids");
+    let name = unique("train");
+    // The command ignores SIGTERM and starts a helper: both must be killed.
+    let script = format!(
+        "trap '' TERM; sleep 30 & echo \"$$ $!\" > {}; wait",
+        pids.display()
+    );
+    let run = spawn(
+        &t,
+        &[
+            "exec", "--lease", &name, "--ttl", "1s", "--grace", "300ms", "--", "sh", "-c", &script,
+        ],
+    );
+    eventually(10, "the command started", || async {
+        read(&pids).contains(' ')
+    })
+    .await;
+    assert!(t.locks.force_release(&name).await.unwrap().is_some());
+
+    let started = tokio::time::Instant::now();
+    let out = finish(run).await;
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "pglock took {:?} to stop the command",
+        started.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(err.contains(&format!("lease {name:?}")), "{err}");
+    assert!(
+        err.contains("lost") && err.contains("released by someone else"),
+        "{err}"
+    );
+    assert!(err.contains("SIGKILL"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for pid in read(&pids).split_whitespace() {
+        assert!(!process_alive(pid), "process {pid} outlived the lease");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_advisory_lock_stops_the_command() {
+    let t = db().await;
+    let key = unique("ckpt");
+    let run = spawn(
+        &t,
+        &[
+            "exec",
+            "--advisory",
+            &key,
+            "--grace",
+            "1s",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    let hashed = support::text_key(&t.pool, &key).await;
+    eventually(10, "the lock is held", || async {
+        !support::advisory_rows(&t.pool, hashed).await.is_empty()
+    })
+    .await;
+    let (pid, _, _) = support::advisory_rows(&t.pool, hashed).await[0].clone();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let out = finish(run).await;
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("advisory lock {key:?} was lost")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_status_is_passed_through() {
+    let t = db().await;
+    let name = unique("job");
+    pglock(&t)
+        .args(["exec", "--lease", &name, "--", "sh", "-c", "exit 7"])
+        .assert()
+        .code(7);
+    assert!(!held(&t, &name).await, "released after a failure too");
+    pglock(&t)
+        .args(["exec", "--lease", &name, "--", "sh", "-c", "kill -KILL $$"])
+        .assert()
+        .code(128 + 9);
+    let out = pglock(&t)
+        .args([
+            "exec",
+            "--lease",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PGLOCK_NAME $PGLOCK_TOKEN $PGLOCK_DEADLINE\"",
+        ])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let env: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(env.len(), 3, "{printed}");
+    assert_eq!(env[0], name);
+    assert!(env[1].parse::<i64>().is_ok_and(|t| t > 0), "{printed}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(env[2]).is_ok(),
+        "{printed}"
+    );
+    pglock(&t)
+        .args([
+            "exec",
+            "--advisory",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo \"key=$PGLOCK_KEY\"",
+        ])
+        .assert()
+        .code(0)
+        .stdout(format!("key={name}\n"));
+    let out = pglock(&t)
+        .args(["exec", "--lease", &name, "--", "no-such-command-pglock"])
+        .assert()
+        .code(127)
+        .get_output()
+        .clone();
+    assert!(
+        stderr(&out).contains("command not found"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!held(&t, &name).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_obtained_exits_75_naming_the_holder() {
+    let t = db().await;
+    let dir = scratch();
+    let ran = dir.join("ran");
+    let touch = format!("touch {}", ran.display());
+    let name = unique("leader");
+    let holder = t.other("gpu-07");
+    let lease = holder.lease(&name).acquire().await.unwrap();
+
+    for wait in [&["--no-wait"][..], &["--timeout", "300ms"][..]] {
+        let mut args = vec!["exec", "--lease", &name];
+        args.extend_from_slice(wait);
+        args.extend_from_slice(&["--", "sh", "-c", &touch]);
+        let out = pglock(&t)
+            .args(&args)
+            .assert()
+            .code(75)
+            .get_output()
+            .clone();
+        let err = stderr(&out);
+        assert!(
+            err.contains("gpu-07") && err.contains(&format!("token {}", lease.token())),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    assert!(!ran.exists(), "the command must not run without the lease");
+    // --quiet silences the reason; the code still tells.
+    pglock(&t)
+        .args([
+            "--quiet",
+            "exec",
+            "--lease",
+            &name,
+            "--no-wait",
+            "--",
+            "true",
+        ])
+        .assert()
+        .code(75)
+        .stderr("");
+    lease.release().await.unwrap();
+
+    let key = unique("ckpt");
+    let guard = t.locks.advisory(key.as_str()).lock().await.unwrap();
+    let out = pglock(&t)
+        .args([
+            "exec",
+            "--advisory",
+            &key,
+            "--no-wait",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ])
+        .assert()
+        .code(75)
+        .get_output()
+        .clone();
+    assert!(
+        stderr(&out).contains(&format!("pid {}", guard.pid())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!ran.exists());
+    guard.release().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_all_from_three_processes_completes_every_item_once() {
+    let t = db().await;
+    let dir = scratch();
+    let done = dir.join("done");
+    let pool = unique("shards");
+    let items: Vec<String> = (0..12).map(|i| format!("shard-{i:03}")).collect();
+    // Half from the arguments, half from a file (with a blank line).
+    let mut args = vec!["pool", "add", &pool];
+    args.extend(items[..6].iter().map(String::as_str));
+    pglock(&t).args(&args).assert().success();
+    let file = dir.join("items");
+    std::fs::write(&file, format!("{}\n\n", items[6..].join("\n"))).unwrap();
+    pglock(&t)
+        .args(["pool", "add", &pool, "--from-file"])
+        .arg(&file)
+        .assert()
+        .success();
+
+    let script = format!(
+        "test \"$PGLOCK_ITEM\" = {{}} && echo {{}} >> {}; sleep 0.05",
+        done.display()
+    );
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            spawn(
+                &t,
+                &["exec", "--pool", &pool, "--all", "--", "sh", "-c", &script],
+            )
+        })
+        .collect();
+    for worker in workers {
+        let out = finish(worker).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut seen: Vec<String> = read(&done).lines().map(str::to_owned).collect();
+    seen.sort();
+    assert_eq!(seen, items, "every item exactly once");
+
+    let out = pglock(&t)
+        .args(["pool", "status", &pool, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status,
+        json!({"pool": pool, "total": 12, "free": 0, "held": 0, "done": 12})
+    );
+    // Drained: a single claim has nothing to run.
+    pglock(&t)
+        .args(["exec", "--pool", &pool, "--", "true"])
+        .assert()
+        .code(75);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_command_puts_its_item_back_and_stops_the_worker() {
+    let t = db().await;
+    let pool = unique("trials");
+    pglock(&t)
+        .args(["pool", "add", &pool, "a", "b"])
+        .assert()
+        .success();
+    pglock(&t)
+        .args([
+            "exec",
+            "--pool",
+            &pool,
+            "--all",
+            "--",
+            "sh",
+            "-c",
+            "test {} = a",
+        ])
+        .assert()
+        .code(1);
+    let status = t.locks.lease_pool(pool.as_str()).status().await.unwrap();
+    assert_eq!((status.done, status.free, status.held), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_json_shows_what_is_held() {
+    let t = db().await;
+    let name = unique("memory-store");
+    let lease = t
+        .other("agent-3")
+        .lease(&name)
+        .data(json!({"step": 1200}))
+        .acquire()
+        .await
+        .unwrap();
+    let key = unique("ckpt");
+    let guard = t.locks.advisory(key.as_str()).lock().await.unwrap();
+
+    let out = pglock(&t)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+    let leases = doc["leases"].as_array().unwrap();
+    let row = leases
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .expect("the lease is listed");
+    assert_eq!(row["held"], true);
+    assert_eq!(row["holder"], "agent-3");
+    assert_eq!(row["token"], lease.token());
+    assert_eq!(row["data"], json!({"step": 1200}));
+    assert_eq!(row["release_requested"], false);
+    assert!(row["expires_in_ms"].as_i64().unwrap() > 0);
+
+    let hashed = support::text_key(&t.pool, &key).await;
+    let advisory = doc["advisory_locks"].as_array().unwrap();
+    let lock = advisory
+        .iter()
+        .find(|a| a["pid"] == guard.pid())
+        .expect("the advisory lock is listed");
+    assert_eq!(lock["key"], hashed);
+    assert_eq!(lock["mode"], "exclusive");
+
+    // The table names the same things.
+    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&name) && table.contains("agent-3"),
+        "{table}"
+    );
+    assert!(table.contains(&hashed.to_string()), "{table}");
+    guard.release().await.unwrap();
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_passed_on_and_the_lease_released() {
+    let t = db().await;
+    let dir = scratch();
+    let ready = dir.join("ready");
+    let name = unique("job");
+    let script = format!(
+        "trap 'echo got-term > {ready}; exit 5' TERM; echo up > {ready}; sleep 30 & wait",
+        ready = ready.display()
+    );
+    let run = spawn(&t, &["exec", "--lease", &name, "--", "sh", "-c", &script]);
+    eventually(10, "the command started", || async {
+        read(&ready) == "up\n"
+    })
+    .await;
+    let pid = run.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = finish(run).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(read(&ready), "got-term\n");
+    assert!(!held(&t, &name).await, "released on the way out");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_release_asks_the_command_to_stop() {
+    let t = db().await;
+    let dir = scratch();
+    let ready = dir.join("ready");
+    let name = unique("trial");
+    let script = format!(
+        "trap 'exit 0' TERM; echo up > {}; sleep 30 & wait",
+        ready.display()
+    );
+    let run = spawn(&t, &["exec", "--lease", &name, "--", "sh", "-c", &script]);
+    eventually(10, "the command started", || async {
+        read(&ready) == "up\n"
+    })
+    .await;
+    let out = pglock(&t)
+        .args(["request-release", &name])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(
+        stderr(&out).contains("asked the holder"),
+        "{}",
+        stderr(&out)
+    );
+    let out = finish(run).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("release requested"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!held(&t, &name).await);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_frees_a_held_lease() {
+    let t = db().await;
+    let name = unique("stuck");
+    let lease = t
+        .other("crashed-worker")
+        .lease(&name)
+        .acquire()
+        .await
+        .unwrap();
+    let out = pglock(&t)
+        .args(["release", "--force", &name])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(
+        stderr(&out).contains(&format!("token {}", lease.token())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!held(&t, &name).await);
+    lease.orphan();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_exit_2_with_a_clear_message() {
+    let t = db().await;
+    let cases: &[(&[&str], &str)] = &[
+        (&["exec", "--", "true"], "--lease"),
+        (&["exec", "--lease", "x"], "COMMAND"),
+        (
+            &["exec", "--lease", "x", "--ttl", "5", "--", "true"],
+            "has no unit",
+        ),
+        (
+            &["exec", "--lease", "x", "--ttl", "5min", "--", "true"],
+            "unknown unit",
+        ),
+        (
+            &[
+                "exec",
+                "--lease",
+                "x",
+                "--no-wait",
+                "--timeout",
+                "1s",
+                "--",
+                "true",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["exec", "--lease", "x", "--data", "{bad", "--", "true"],
+            "not valid JSON",
+        ),
+        (
+            &["exec", "--lease", "x", "--ttl", "10ms", "--", "true"],
+            "invalid ttl",
+        ),
+        (
+            &["exec", "--advisory", "k", "--ttl", "1s", "--", "true"],
+            "cannot be used with",
+        ),
+        (&["release", "x"], "--force"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, says) in cases {
+        let out = pglock(&t).args(*args).assert().code(2).get_output().clone();
+        let err = stderr(&out);
+        assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let urls: &[(&[&str], &str)] = &[
+        (&[], "set DATABASE_URL or pass --database-url"),
+        (&["--database-url", "not a url"], "invalid database URL"),
+    ];
+    for (url, says) in urls {
+        let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+        let out = isolate(cmd.env_remove("DATABASE_URL"))
+            .args(*url)
+            .arg("ls")
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        assert!(stderr(&out).contains(says), "{url:?}: {}", stderr(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmigrated_schema_is_reported_with_the_fix() {
+    let t = db().await;
+    let schema = format!("{}_new", t.schema);
+    let run = |args: &[&str]| {
+        let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+        isolate(cmd.env_remove("DATABASE_URL"))
+            .args(["--database-url", &support::cluster::shared_url()])
+            .args(["--schema", &schema])
+            .args(args)
+            .timeout(RUN_LIMIT);
+        cmd.assert()
+    };
+    let out = run(&["ls"]).code(1).get_output().clone();
+    let err = stderr(&out);
+    assert!(
+        err.contains("not installed") && err.contains("migrate"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    run(&["migrate"]).success();
+    run(&["migrate"]).success();
+    run(&["ls", "--json"]).success();
+}
+
+#[test]
+fn help_has_examples() {
+    for sub in [
+        &[][..],
+        &["exec"],
+        &["pool", "add"],
+        &["pool", "status"],
+        &["ls"],
+        &["release"],
+        &["request-release"],
+        &["migrate"],
+    ] {
+        let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+        let out = cmd
+            .args(sub)
+            .arg("--help")
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example"),
+            "{sub:?} --help has no example:\n{help}"
+        );
+    }
+}
