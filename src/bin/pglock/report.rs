@@ -149,14 +149,18 @@ pub(crate) struct Ui {
     verbose: bool,
     /// stderr is a terminal: draw the live status line.
     live: bool,
+    /// Columns of that terminal: a longer status line would wrap.
+    width: usize,
 }
 
 impl Ui {
     pub(crate) fn new(quiet: bool, verbose: bool) -> Ui {
+        let live = !quiet && std::io::stderr().is_terminal();
         Ui {
             quiet,
             verbose,
-            live: !quiet && std::io::stderr().is_terminal(),
+            live,
+            width: if live { terminal_width() } else { 80 },
         }
     }
 
@@ -192,12 +196,7 @@ impl Ui {
     /// Redraws the status line in place.
     pub(crate) fn status(&self, line: &str) {
         if self.live {
-            let width = std::env::var("COLUMNS")
-                .ok()
-                .and_then(|c| c.parse::<usize>().ok())
-                .unwrap_or(80)
-                .saturating_sub(1);
-            let line: String = line.chars().take(width).collect();
+            let line: String = line.chars().take(self.width.saturating_sub(1)).collect();
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
@@ -221,6 +220,29 @@ impl Ui {
             self.error(&f.message);
         }
     }
+}
+
+/// The terminal's width: `COLUMNS`, else what `stty size` says of the
+/// terminal, else 80.
+fn terminal_width() -> usize {
+    let from_env = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+    from_env
+        .or_else(|| {
+            let tty = std::fs::File::open("/dev/tty").ok()?;
+            let out = std::process::Command::new("stty")
+                .arg("size")
+                .stdin(tty)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .filter(|&w: &usize| w >= 20)
+        .unwrap_or(80)
 }
 
 /// Prints to stdout; a closed pipe (`pglock ls | head -1`) is not an error.

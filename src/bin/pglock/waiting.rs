@@ -181,8 +181,9 @@ async fn show_status(ctx: &Ctx, target: &Target, started: Instant) -> std::conve
         if ui.is_live() {
             loop {
                 let who = target.holder_text(ctx).await;
+                // The time waited first: a narrow terminal cuts the end.
                 ui.status(&format!(
-                    "pglock: waiting for {target}: {who}; waited {}",
+                    "pglock: waiting for {target} ({}): {who}",
                     human(started.elapsed())
                 ));
                 tokio::time::sleep(REFRESH).await;
