@@ -12,6 +12,8 @@
 mod cluster;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
@@ -118,16 +120,27 @@ async fn cycle(raw: Option<&Conns>, locks: &[Locks], w: usize) -> bool {
     }
 }
 
-/// Runs claim+complete cycles with `WORKERS` tasks until `until` or until
-/// nothing is free; adds the cycles to `stats`.
-async fn run(raw: Option<Arc<Conns>>, locks: Arc<Vec<Locks>>, until: Instant, stats: &mut Stats) {
+/// Runs claim+complete cycles with `WORKERS` tasks until `until`, or until
+/// `budget` claims were made (or nothing is free); adds them to `stats`.
+async fn run(
+    raw: Option<Arc<Conns>>,
+    locks: Arc<Vec<Locks>>,
+    until: Instant,
+    budget: usize,
+    stats: &mut Stats,
+) {
     let start = Instant::now();
+    let left = Arc::new(AtomicUsize::new(budget));
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
-        let (raw, locks) = (raw.clone(), locks.clone());
+        let (raw, locks, left) = (raw.clone(), locks.clone(), left.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            while Instant::now() < until {
+            let take = || {
+                left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            };
+            while Instant::now() < until && take() {
                 let s = Instant::now();
                 if !cycle(raw.as_deref(), &locks, w).await {
                     break;
@@ -213,6 +226,7 @@ async fn main() {
         Some(raw.clone()),
         locks.clone(),
         Instant::now() + Duration::from_secs(secs),
+        usize::MAX,
         &mut raw_free,
     )
     .await;
@@ -223,6 +237,7 @@ async fn main() {
         None,
         locks.clone(),
         Instant::now() + Duration::from_secs(secs),
+        usize::MAX,
         &mut ours_free,
     )
     .await;
@@ -280,6 +295,7 @@ async fn main() {
             which,
             locks.clone(),
             Instant::now() + Duration::from_secs(60),
+            FREE_LEFT,
             stats,
         )
         .await;

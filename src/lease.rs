@@ -303,7 +303,7 @@ const MIN_RETRY: Duration = Duration::from_millis(10);
 
 /// Longest a waiter sleeps between looks: a safety net for a wake-up lost
 /// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// An acquire or claim statement in flight. If its caller goes away before
 /// reading the answer (cancelled, timed out, connection lost), the lease it
@@ -894,7 +894,12 @@ impl Lease {
         }
         self.done = true;
         self.stop_keep_alive();
-        finish(&self.handle, &self.handle.locks.inner.sql.item_complete).await
+        finish(
+            &self.handle,
+            &self.handle.locks.inner.sql.item_complete,
+            false,
+        )
+        .await
     }
 
     /// Marks a pool item done for good inside the caller's transaction,
@@ -929,12 +934,7 @@ impl Lease {
         self.stop_keep_alive();
         let inner = &self.handle.locks.inner;
         let s = &self.handle.shared;
-        let row = sqlx::query(sqlx::AssertSqlSafe(inner.sql.item_complete.as_str()))
-            .bind(&s.pool)
-            .bind(&s.name)
-            .bind(s.token)
-            .bind(s.owner)
-            .bind(s.wake_payload(&inner.schema))
+        let row = finish_query(&inner.sql.item_complete, s, None)
             .fetch_optional(conn)
             .await
             .map_err(|e| Error::from_db(e, &inner.schema))?;
@@ -997,20 +997,20 @@ async fn release(h: &LeaseRef) -> Result<()> {
     } else {
         &sql.item_release
     };
-    finish(h, statement).await
+    finish(h, statement, true).await
 }
 
-async fn finish(h: &LeaseRef, statement: &str) -> Result<()> {
+/// Runs a release or complete statement (`$1` pool, `$2` name, `$3` token,
+/// `$4` owner, and `$5` the NOTIFY payload when `notify`).
+async fn finish(h: &LeaseRef, statement: &str, notify: bool) -> Result<()> {
     let inner = &h.locks.inner;
     let s = &h.shared;
-    let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-        statement
-    ))
-    .bind(&s.pool)
-    .bind(&s.name)
-    .bind(s.token)
-    .bind(s.owner)
-    .bind(s.wake_payload(&inner.schema))
+    let payload = notify.then(|| s.wake_payload(&inner.schema));
+    let row = on_statement_conn!(inner.sessions, |c| finish_query(
+        statement,
+        s,
+        payload.as_deref()
+    )
     .fetch_optional(c))
     .await
     .map_err(|e| Error::from_db(e, &inner.schema))?;
@@ -1018,6 +1018,22 @@ async fn finish(h: &LeaseRef, statement: &str) -> Result<()> {
     match row {
         Some(_) => Ok(()),
         None => Err(s.lost_error()),
+    }
+}
+
+fn finish_query<'q>(
+    statement: &'q str,
+    s: &'q Shared,
+    payload: Option<&'q str>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(&s.pool)
+        .bind(&s.name)
+        .bind(s.token)
+        .bind(s.owner);
+    match payload {
+        Some(p) => query.bind(p),
+        None => query,
     }
 }
 

@@ -198,14 +198,17 @@ WITH rel AS (
 )
 SELECT pg_notify('pglock', $5)::text FROM rel";
 
-/// Mark a pool item done for good, if it is still ours; wakes the pool's
-/// waiters (one may be waiting to learn that the pool is drained).
+/// Mark a pool item done for good, if it is still ours. No NOTIFY: a
+/// completion frees nothing to claim, and every NOTIFY serializes commits on
+/// the database's notification lock (a third of the claim+complete rate
+/// with four workers). A waiter learns that the pool is drained at its next
+/// look (at the first held item's expiry, or within five seconds).
 const ITEM_COMPLETE: &str = "\
 UPDATE {s}.leases
    SET done = true, owner = NULL, expires_at = NULL, release_requested = false,
        updated_at = clock_timestamp()
  WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR (owner IS NULL AND done))
-RETURNING pg_notify('pglock', $5)::text";
+RETURNING token";
 
 /// Undo an acquire whose caller went away before reading the answer (a
 /// cancelled or timed-out `acquire()`): free the lease if this owner id got
@@ -317,7 +320,8 @@ SELECT count(*) FROM ins";
 ///
 /// `lowest` is the lowest free seq visible (locked ones included, so an
 /// in-flight claim that may roll back is never skipped); `raise` moves the
-/// floor up to it when it has fallen far behind, only if no add or release
+/// floor up to it when the claimed item lies far above it (so `lowest` is
+/// only read then), only if no add or release
 /// changed the pool since this statement's snapshot (`version`).
 ///
 /// When nothing is claimable, the last branch tells how long until the
@@ -335,7 +339,7 @@ WITH p AS (
      ORDER BY owner = $2 DESC NULLS LAST
      LIMIT 1 FOR UPDATE SKIP LOCKED
 ), free AS (
-    SELECT name FROM {s}.leases
+    SELECT name, seq FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
        AND ($5::int4 IS NULL OR slot < $5)
        AND NOT EXISTS (SELECT 1 FROM sticky)
@@ -366,6 +370,7 @@ WITH p AS (
     UPDATE {s}.pools
        SET free_floor = (SELECT seq FROM lowest)
      WHERE name = $1 AND version = (SELECT version FROM p)
+       AND (SELECT seq FROM free) > free_floor + 256
        AND (SELECT seq FROM lowest) > free_floor + 256
 )
 SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
