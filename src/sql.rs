@@ -202,7 +202,7 @@ SELECT pg_notify('pglock', $5)::text FROM rel";
 /// completion frees nothing to claim, and every NOTIFY serializes commits on
 /// the database's notification lock (a third of the claim+complete rate
 /// with four workers). A waiter learns that the pool is drained at its next
-/// look (at the first held item's expiry, or within five seconds).
+/// look (at the first held item's expiry, or within two seconds).
 const ITEM_COMPLETE: &str = "\
 UPDATE {s}.leases
    SET done = true, owner = NULL, expires_at = NULL, release_requested = false,
