@@ -510,6 +510,54 @@ async fn signals_are_passed_on_and_the_lease_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_waiting_stops_the_wait_and_holds_nothing() {
+    let t = db().await;
+    let name = unique("busy");
+    let lease = t
+        .other("someone-else")
+        .lease(&name)
+        .acquire()
+        .await
+        .unwrap();
+    // --verbose says when it starts waiting: the signal then finds it waiting.
+    let mut run = spawn(&t, &["--verbose", "exec", "--lease", &name, "--", "true"]);
+    let mut err = tokio::io::BufReader::new(run.stderr.take().unwrap());
+    let mut said = String::new();
+    tokio::time::timeout(RUN_LIMIT, async {
+        use tokio::io::AsyncBufReadExt;
+        while !said.contains("waiting for") {
+            if err.read_line(&mut said).await.unwrap() == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("pglock said it waits");
+    assert!(said.contains("someone-else"), "{said}");
+    let pid = run.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(RUN_LIMIT, run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut err, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.contains("stopped by SIGTERM while waiting"), "{rest}");
+    // The holder still holds it; pglock took nothing.
+    let leases = t.locks.leases().await.unwrap();
+    let row = leases.iter().find(|l| l.name == name).unwrap();
+    assert!(row.held && row.token == lease.token());
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_release_asks_the_command_to_stop() {
     let t = db().await;
     let dir = scratch();

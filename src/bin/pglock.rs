@@ -46,10 +46,13 @@
 //!   command runs on and the lease expires after its TTL. Supervisors should
 //!   signal the whole process group.
 //!
-//! `exec --pool --all` stops at the first command that fails: its item is
-//! released for another try (by another worker, or this one later), and
-//! pglock exits with that command's status. It exits 0 when the pool is
-//! drained, or, with `--no-wait`, when no item is free.
+//! A pool item counts as done when its command exits 0: a command stopped
+//! early (SIGTERM on a release request or a signal) should exit non-zero,
+//! so that its item goes back to the pool. `exec --pool --all` stops at the
+//! first command that fails, its item released for another try (by another
+//! worker, or this one later), and exits with that command's status; after
+//! a signal it stops once the current command has exited. It exits 0 when
+//! the pool is drained, or, with `--no-wait`, when no item is free.
 //!
 //! # Exit codes
 //!

@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::duration;
 
+/// The heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
 const EXAMPLES: &str = "\
 Examples:
   export DATABASE_URL=postgres://app:secret@db.internal:5432/app
@@ -28,7 +31,13 @@ the command ran, 75 lock not obtained, 126/127 command not runnable/not found,
 #[command(name = "pglock", version, after_help = EXAMPLES)]
 pub(crate) struct Cli {
     /// PostgreSQL connection URL, e.g. postgres://user:password@host:5432/db.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        help_heading = GLOBAL
+    )]
     pub(crate) database_url: Option<String>,
 
     /// Schema of pglock's tables.
@@ -36,22 +45,29 @@ pub(crate) struct Cli {
         long,
         env = "PGLOCK_SCHEMA",
         default_value = pglock::DEFAULT_SCHEMA,
-        global = true
+        global = true,
+        help_heading = GLOBAL
     )]
     pub(crate) schema: String,
 
-    /// Holder label recorded with leases and pool items [default:
-    /// hostname:pid]. A restarted worker with the same label gets its own
-    /// pool item back first.
-    #[arg(long, env = "PGLOCK_HOLDER", global = true)]
+    /// Holder label recorded with leases and pool items; a restarted worker
+    /// with the same label gets its own pool item back first [default:
+    /// hostname:pid]
+    #[arg(long, env = "PGLOCK_HOLDER", global = true, help_heading = GLOBAL)]
     pub(crate) holder: Option<String>,
 
     /// Print nothing but errors and the output asked for.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = GLOBAL
+    )]
     pub(crate) quiet: bool,
 
     /// Say what happens: acquisitions, releases, signals, exit statuses.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub(crate) verbose: bool,
 
     #[command(subcommand)]
@@ -106,6 +122,8 @@ The command gets, in its environment:
 The lease is renewed while the command runs and released when it exits. If it
 is lost, the command gets SIGTERM, then SIGKILL after --grace, and pglock exits
 with 70. A release request (pglock request-release) sends the command SIGTERM.
+A pool item is done when its command exits 0; a command stopped early should
+exit non-zero to give its item back.
 SIGINT, SIGTERM and SIGHUP sent to pglock are passed on to the command.
 
 Examples:
@@ -137,7 +155,7 @@ pub(crate) struct ExecArgs {
     pub(crate) pool: Option<String>,
 
     /// With --pool: claim and run items one after the other until the pool
-    /// is drained; stop at the first command that fails.
+    /// is drained; stop at the first command that fails, or after a signal.
     #[arg(long, requires = "pool")]
     pub(crate) all: bool,
 

@@ -63,7 +63,7 @@ async fn exec_lease(
     ));
     let env = lease_env(ctx, &lease);
     let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    end_lease(ctx, lease, finished, args.grace).await
+    Ok(end_lease(ctx, lease, finished, args.grace).await?.code)
 }
 
 async fn exec_advisory(
@@ -176,18 +176,22 @@ async fn exec_pool(
         env.push(("PGLOCK_ITEM", item.clone()));
         let argv = child::substitute(&args.command, &item);
         let finished = supervise_lease(ctx, &lease, &argv, &env, args.grace, signals).await;
-        let code = end_lease(ctx, lease, finished, args.grace).await?;
+        let finished = end_lease(ctx, lease, finished, args.grace).await?;
         ran += 1;
-        if code != 0 {
-            if args.all {
-                ctx.ui.info(format_args!(
-                    "the command failed on item {item:?} (exit {code}); it is back in pool {pool:?} for another try; stopping"
-                ));
-            }
-            return Ok(code);
+        let code = finished.code;
+        if code != 0 && args.all {
+            ctx.ui.info(format_args!(
+                "the command failed on item {item:?} (exit {code}); it is back in pool {pool:?} for another try; stopping"
+            ));
         }
-        if !args.all {
-            return Ok(0);
+        if let Some(sig) = finished.interrupted.filter(|_| args.all && code == 0) {
+            ctx.ui.info(format_args!(
+                "stopping after item {item:?} on SIG{}; ran {ran} item(s)",
+                sig.name()
+            ));
+        }
+        if code != 0 || !args.all || finished.interrupted.is_some() {
+            return Ok(code);
         }
     }
 }
@@ -226,13 +230,13 @@ async fn supervise_lease(
 }
 
 /// Lets go of `lease` after its command: completes a pool item whose
-/// command succeeded, releases it otherwise. Returns the exit code.
+/// command exited 0, releases it otherwise. A lost lease becomes exit 70.
 async fn end_lease(
     ctx: &Ctx,
     lease: Lease,
     finished: Result<Finished, Failure>,
     grace: Duration,
-) -> Result<u8, Failure> {
+) -> Result<Finished, Failure> {
     let what = match lease.pool() {
         Some(pool) => format!("item {:?} of pool {pool:?}", lease.name()),
         None => format!("lease {:?}", lease.name()),
@@ -275,7 +279,7 @@ async fn end_lease(
             "the database did not answer the release of {what} in time; it expires with its TTL"
         )),
     }
-    Ok(finished.code)
+    Ok(finished)
 }
 
 /// The reason for exit 70.
@@ -296,8 +300,8 @@ fn lost(what: &str, why: &str, finished: &Finished, grace: Duration) -> Failure 
     )
 }
 
-/// A failed wait: [`Error::Timeout`] and [`Error::PoolDrained`] become
-/// exit 75 with the holder named; anything else, its own failure.
+/// A failed wait: [`Error::Timeout`] becomes exit 75 naming the holder;
+/// anything else (a drained pool: exit 75 too), its own failure.
 async fn not_obtained_or(ctx: &Ctx, target: &Target, args: &ExecArgs, e: Error) -> Failure {
     match e {
         Error::Timeout { waited, .. } => {
