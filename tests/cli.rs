@@ -714,6 +714,7 @@ fn help_has_examples() {
     for sub in [
         &[][..],
         &["exec"],
+        &["pool"],
         &["pool", "add"],
         &["pool", "status"],
         &["ls"],

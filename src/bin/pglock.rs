@@ -156,9 +156,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
-    // Caught first: pglock must not die of them while it holds something.
-    let mut signals = Signals::catch()
-        .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}")))?;
+    // Caught before anything is held, by `exec` only: it must not die of
+    // them while it holds something. The other commands hold nothing, and
+    // Ctrl-C ends them as usual.
+    let mut signals = match cli.command {
+        Command::Exec(_) => Some(
+            Signals::catch()
+                .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}")))?,
+        ),
+        _ => None,
+    };
     // Read before connecting: a bad file fails without a database round trip.
     let items = match &cli.command {
         Command::Pool(PoolCommand::Add {
@@ -172,7 +179,10 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
     let ctx = connect(&cli, ui).await?;
     let result = match &cli.command {
         Command::Migrate => admin::migrate(&ctx).await,
-        Command::Exec(args) => exec::exec(&ctx, args, &mut signals).await,
+        Command::Exec(args) => {
+            let signals = signals.as_mut().expect("caught for exec");
+            exec::exec(&ctx, args, signals).await
+        }
         Command::Pool(PoolCommand::Add { pool, .. }) => admin::pool_add(&ctx, pool, items).await,
         Command::Pool(PoolCommand::Status { pool, items, json }) => {
             admin::pool_status(&ctx, pool, *items, *json).await

@@ -85,7 +85,7 @@ pub(crate) enum Command {
     Exec(ExecArgs),
 
     /// Fill a pool with items, or see how far it is.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = POOL_HELP)]
     Pool(PoolCommand),
 
     /// List leases, held pool items and advisory locks.
@@ -111,6 +111,12 @@ pub(crate) enum Command {
     )]
     RequestRelease(TargetArgs),
 }
+
+const POOL_HELP: &str = "\
+Examples:
+  pglock pool add shards shard-000 shard-001 shard-002
+  pglock pool status shards
+  pglock exec --pool shards --all -- python train.py --shard {}";
 
 const EXEC_HELP: &str = "\
 The command gets, in its environment:
