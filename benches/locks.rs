@@ -84,7 +84,7 @@ async fn raw_conns(url: &str, n: usize) -> Vec<std::sync::Arc<tokio::sync::Mutex
     let mut v = Vec::new();
     for _ in 0..n {
         v.push(std::sync::Arc::new(tokio::sync::Mutex::new(
-            PgConnection::connect(url).await.unwrap(),
+            raw_connection(url).await,
         )));
     }
     v
@@ -304,7 +304,7 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
     let sql = locks.__statements();
     let mut listener = PgListener::connect(url).await.unwrap();
     listener.listen("pglock").await.unwrap();
-    let mut holder = PgConnection::connect(url).await.unwrap();
+    let mut holder = raw_connection(url).await;
     let mut lat = Vec::new();
     for i in 0..rounds {
         let name = format!("raw-wake-{i}");
@@ -390,4 +390,16 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
         lat,
     }
     .print();
+}
+
+/// A plain connection for the raw-SQL floor, with the durability pglock's own
+/// connections use (`synchronous_commit = on`), so both sides pay the same
+/// commit.
+async fn raw_connection(url: &str) -> PgConnection {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("SET synchronous_commit = on")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c
 }

@@ -200,9 +200,7 @@ async fn main() {
     let locks = Arc::new(locks);
     let mut raw_conns = Vec::new();
     for _ in 0..WORKERS {
-        raw_conns.push(Arc::new(Mutex::new(
-            PgConnection::connect(&url).await.unwrap(),
-        )));
+        raw_conns.push(Arc::new(Mutex::new(raw_connection(&url).await)));
     }
     let raw = Arc::new(raw_conns);
 
@@ -315,4 +313,16 @@ async fn main() {
     for l in held {
         l.orphan();
     }
+}
+
+/// A plain connection for the raw-SQL floor, with the durability pglock's own
+/// connections use (`synchronous_commit = on`), so both sides pay the same
+/// commit.
+async fn raw_connection(url: &str) -> PgConnection {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("SET synchronous_commit = on")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c
 }

@@ -22,6 +22,10 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// Run on every new connection of pglock's.
+const SESSION_SETUP: &str = "SELECT set_config('synchronous_commit', 'on', false) \
+     WHERE current_setting('synchronous_commit') = 'off'";
+
 /// A connection idle longer than this is pinged before reuse.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// A connection idle longer than this is closed.
@@ -141,6 +145,11 @@ impl Sessions {
 
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.options).await?;
+        // An acquisition must be on disk before its token is handed out:
+        // with synchronous_commit = off a crash can forget a committed
+        // acquire, and the token sequence then hands the same token out
+        // again. Stronger settings (remote_write, remote_apply) are kept.
+        conn.execute(sqlx::raw_sql(SESSION_SETUP)).await?;
         // A session whose client went away (a cancelled lock() closes its
         // socket) ends within 250 ms even while it waits for a lock, and so
         // releases everything it held or was about to be granted.
