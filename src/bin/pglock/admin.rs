@@ -55,21 +55,26 @@ pub(crate) fn read_items(path: &Path) -> Result<Vec<String>, Failure> {
         .collect())
 }
 
+/// Adds `items` in order (the order claims hand them out), each once.
 pub(crate) async fn pool_add(ctx: &Ctx, pool: &str, items: Vec<String>) -> Result<u8, Failure> {
+    let mut seen = std::collections::HashSet::new();
+    let items: Vec<String> = items
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .collect();
     if items.is_empty() {
         return Err(Failure::usage(
             "no items to add: the file has only empty lines",
         ));
     }
-    let given = items.len();
-    let pool_handle = ctx.locks.lease_pool(pool);
+    let handle = ctx.locks.lease_pool(pool);
     let mut added = 0;
     for batch in items.chunks(ADD_BATCH) {
-        added += pool_handle.add(batch.iter().cloned()).await?;
+        added += handle.add(batch.iter().cloned()).await?;
     }
+    let already = (items.len() as u64).saturating_sub(added);
     ctx.ui.info(format_args!(
-        "added {added} new item(s) to pool {pool:?} ({} already there)",
-        given as u64 - added.min(given as u64)
+        "added {added} new item(s) to pool {pool:?} ({already} already there)"
     ));
     Ok(0)
 }
