@@ -23,6 +23,18 @@ async fn exec(t: &TestDb, sql: String) {
 }
 
 #[tokio::test]
+async fn pool_semaphore_and_rate_limiter_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let t = db().await;
+    send(&t.locks.lease_pool("p").claim().acquire());
+    send(&t.locks.lease_pool("p").claim().try_acquire());
+    send(&t.locks.lease_pool("p").add(["a"]));
+    send(&t.locks.semaphore("s", 2).acquire());
+    let limiter = t.locks.rate_limiter("r", 1, Duration::from_secs(1));
+    send(&limiter.acquire());
+}
+
+#[tokio::test]
 async fn every_item_is_completed_exactly_once_by_competing_workers() {
     let t = db().await;
     let name = pool_name();

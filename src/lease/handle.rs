@@ -138,7 +138,7 @@ impl Shared {
 }
 
 /// A handle on a held lease that can be cloned into tasks; it is what
-/// [`LeaseRequest::run`] hands to its work. A [`Lease`] derefs to one.
+/// [`LeaseRequest::run`](crate::LeaseRequest::run) hands to its work. A [`Lease`] derefs to one.
 #[derive(Clone)]
 pub struct LeaseRef {
     pub(crate) locks: Locks,
