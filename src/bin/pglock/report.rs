@@ -68,7 +68,7 @@ impl Failure {
             Error::Migrate(e) => Failure::new(
                 EXIT_FAILURE,
                 format!(
-                    "migrating failed: {e}; the database user needs the CREATE privilege on the database"
+                    "migrating failed: {e}; migrate with a role that may create the schema (README: Least privilege)"
                 ),
             ),
             Error::Timeout { what, waited } => Failure::not_obtained(format!(
