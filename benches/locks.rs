@@ -147,13 +147,12 @@ async fn main() {
             move |t, _| {
                 let l = l.clone();
                 async move {
-                    l.advisory(t as i64)
+                    let g = l
+                        .advisory(t as i64)
                         .lock()
                         .await
-                        .unwrap()
-                        .release()
-                        .await
-                        .unwrap();
+                        .unwrap_or_else(|e| panic!("lock: {e}"));
+                    g.release().await.unwrap_or_else(|e| panic!("release: {e}"));
                 }
             },
         )
@@ -232,6 +231,7 @@ async fn main() {
             let mut c = c.lock().await;
             let n: Vec<(i64, chrono::DateTime<chrono::Utc>, bool)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(renew))
+                    .bind(vec![""])
                     .bind(vec![name])
                     .bind(vec![token])
                     .bind(vec![owner])
@@ -283,6 +283,7 @@ async fn raw_lease_cycle(
                 .unwrap();
             assert!(acquired);
             sqlx::query(sqlx::AssertSqlSafe(rel))
+                .bind("")
                 .bind(&name)
                 .bind(token)
                 .bind(owner)
@@ -321,6 +322,7 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
                 .unwrap();
         let s = Instant::now();
         sqlx::query(sqlx::AssertSqlSafe(sql.lease_release.clone()))
+            .bind("")
             .bind(&name)
             .bind(token)
             .bind(owner)

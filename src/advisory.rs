@@ -138,34 +138,34 @@ impl Advisory {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut armed = Armed(Some(self.session(deadline).await?));
-        let lock_timeout = match deadline {
-            None => "0".to_owned(),
+        let (k, text) = self.key.binds();
+        let query = match deadline {
+            None => sqlx::query(if self.shared {
+                sql::ADVISORY_LOCK_SHARED
+            } else {
+                sql::ADVISORY_LOCK
+            })
+            .bind(k)
+            .bind(text),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 // 0 would mean "no timeout": round up to the first millisecond.
-                format!("{}ms", left.as_millis().max(1))
+                let lock_timeout = format!("{}ms", left.as_millis().max(1));
+                sqlx::query(if self.shared {
+                    sql::ADVISORY_LOCK_SHARED_TIMED
+                } else {
+                    sql::ADVISORY_LOCK_TIMED
+                })
+                .bind(k)
+                .bind(text)
+                .bind(lock_timeout)
             }
         };
-        let (k, text) = self.key.binds();
-        let stmt = if self.shared {
-            sql::ADVISORY_LOCK_SHARED
-        } else {
-            sql::ADVISORY_LOCK
-        };
-        let row = sqlx::query(stmt)
-            .bind(k)
-            .bind(text)
-            .bind(lock_timeout)
-            .fetch_one(armed.conn())
-            .await;
+        let row = query.fetch_one(armed.conn()).await;
         match row {
             Ok(row) => {
-                let id = SessionId {
-                    pid: row.try_get(0)?,
-                    started: row.try_get(1)?,
-                    key: row.try_get(2)?,
-                };
-                Ok(self.guard(armed.disarm(), id))
+                let key = row.try_get(0)?;
+                Ok(self.guard(armed.disarm(), key))
             }
             // `armed` closes the session: after an error we cannot be sure
             // the lock was not granted.
@@ -202,13 +202,8 @@ impl Advisory {
             .bind(text)
             .fetch_one(armed.conn())
             .await?;
-        let id = SessionId {
-            pid: row.try_get(0)?,
-            started: row.try_get(1)?,
-            key: row.try_get(2)?,
-        };
-        if row.try_get::<bool, _>(3)? {
-            Ok(Some(self.guard(armed.disarm(), id)))
+        if row.try_get::<bool, _>(1)? {
+            Ok(Some(self.guard(armed.disarm(), row.try_get(0)?)))
         } else {
             // Nothing held: the session goes back for reuse.
             drop(armed.disarm());
@@ -319,7 +314,12 @@ impl Advisory {
         }
     }
 
-    fn guard(&self, session: Session, id: SessionId) -> AdvisoryGuard {
+    fn guard(&self, session: Session, key: i64) -> AdvisoryGuard {
+        let id = SessionId {
+            pid: session.id.pid,
+            started: session.id.started,
+            key,
+        };
         tracing::debug!(key = %self.key, shared = self.shared, pid = id.pid, "advisory lock acquired");
         AdvisoryGuard {
             session: Some(session),
@@ -327,6 +327,7 @@ impl Advisory {
             key: self.key.clone(),
             shared: self.shared,
             id,
+            used: false,
         }
     }
 }
@@ -378,6 +379,9 @@ pub struct AdvisoryGuard {
     key: AdvisoryKey,
     shared: bool,
     id: SessionId,
+    /// Whether the caller reached the session (and may have left a
+    /// transaction or other locks on it).
+    used: bool,
 }
 
 /// Which session holds a guard's lock, and the lock's numeric key.
@@ -429,7 +433,7 @@ impl AdvisoryGuard {
             .session
             .take()
             .expect("guard holds its session until released");
-        match unlock(session, self.id.key, self.shared).await {
+        match unlock(session, self.id.key, self.shared, self.used).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost_error()),
             Err(e) if e.as_database_error().is_some() => Err(e.into()),
@@ -490,18 +494,37 @@ impl AdvisoryGuard {
 }
 
 /// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
-/// if the unlock answered that it held the lock and no transaction was left
-/// open; in every other case, including a cancelled unlock, it is closed and
-/// the server drops whatever it held.
+/// if the unlock answered that it held the lock and, when the caller `used`
+/// the session, that no transaction was left open on it; in every other
+/// case, including a cancelled unlock, it is closed and the server drops
+/// whatever it held.
 async fn unlock(
     session: Session,
     key: i64,
     shared: bool,
+    used: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     let mut armed = Armed(Some(session));
-    let query = sqlx::raw_sql(sqlx::AssertSqlSafe(sql::advisory_unlock(key, shared)))
-        .fetch_one(armed.conn());
-    let row = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
+    let query = async {
+        if used {
+            let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql::advisory_unlock(key, shared)))
+                .fetch_one(armed.conn())
+                .await?;
+            Ok::<_, sqlx::Error>((row.try_get("held")?, row.try_get("idle")?))
+        } else {
+            let stmt = if shared {
+                sql::ADVISORY_UNLOCK_SHARED
+            } else {
+                sql::ADVISORY_UNLOCK
+            };
+            let held = sqlx::query_scalar(stmt)
+                .bind(key)
+                .fetch_one(armed.conn())
+                .await?;
+            Ok((held, true))
+        }
+    };
+    let (held, idle): (bool, bool) = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
         Ok(row) => row?,
         Err(_) => {
             return Err(sqlx::Error::Io(std::io::Error::new(
@@ -510,8 +533,6 @@ async fn unlock(
             )));
         }
     };
-    let held: bool = row.try_get("held")?;
-    let idle: bool = row.try_get("idle")?;
     if held && idle {
         drop(armed.disarm());
     }
@@ -531,6 +552,9 @@ impl Deref for AdvisoryGuard {
 
 impl DerefMut for AdvisoryGuard {
     fn deref_mut(&mut self) -> &mut PgConnection {
+        // The caller may leave anything on the session: the unlock then
+        // checks and cleans it.
+        self.used = true;
         self.session
             .as_mut()
             .expect("guard holds its session until released")
@@ -548,9 +572,9 @@ impl Drop for AdvisoryGuard {
         let armed = Armed(Some(session));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let key = self.key.clone();
-            let (k, shared) = (self.id.key, self.shared);
+            let (k, shared, used) = (self.id.key, self.shared, self.used);
             rt.spawn(async move {
-                if let Err(e) = unlock(armed.disarm(), k, shared).await {
+                if let Err(e) = unlock(armed.disarm(), k, shared, used).await {
                     tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
                 }
             });

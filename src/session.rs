@@ -15,6 +15,9 @@
 //! starve renewals.
 
 use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
@@ -22,9 +25,22 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Run on every new connection of pglock's.
-const SESSION_SETUP: &str = "SELECT set_config('synchronous_commit', 'on', false) \
-     WHERE current_setting('synchronous_commit') = 'off'";
+/// Run on every new connection of pglock's: learn which server session it
+/// is (for `AdvisoryGuard::lost`), wait for locks without a time limit unless
+/// a statement sets one (whatever the connect options say), and commit
+/// durably (see `Sessions::connect`).
+const SESSION_SETUP: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
+     set_config('lock_timeout', '0', false), \
+     CASE WHEN current_setting('synchronous_commit') = 'off' \
+          THEN set_config('synchronous_commit', 'on', false) END";
+
+/// Which server session a connection is: its pid, and the server's start
+/// time (a pid is reused after a restart).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnId {
+    pub(crate) pid: i32,
+    pub(crate) started: DateTime<Utc>,
+}
 
 /// A connection idle longer than this is pinged before reuse.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -34,7 +50,7 @@ const MAX_IDLE: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct Sessions {
     options: PgConnectOptions,
-    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    idle: Mutex<Vec<(PgConnection, ConnId, Instant)>>,
     pub(crate) locks: Arc<Semaphore>,
     statements: Arc<Semaphore>,
 }
@@ -44,6 +60,8 @@ pub(crate) struct Sessions {
 #[derive(Debug)]
 pub(crate) struct Session {
     conn: Option<PgConnection>,
+    /// The server session behind `conn`.
+    pub(crate) id: ConnId,
     /// Set while a statement runs: dropped then (a cancelled or timed-out
     /// caller), the connection's state is unknown and it is closed.
     pub(crate) in_flight: bool,
@@ -94,14 +112,17 @@ impl Sessions {
                 let mut idle = self.idle.lock().unwrap();
                 let now = Instant::now();
                 // Oldest first in the list: drop the stale ones.
-                let stale = idle.iter().take_while(|(_, t)| now - *t > MAX_IDLE).count();
+                let stale = idle
+                    .iter()
+                    .take_while(|(_, _, t)| now - *t > MAX_IDLE)
+                    .count();
                 let stale: Vec<_> = idle.drain(..stale).collect();
                 let popped = idle.pop();
                 drop(idle);
                 drop(stale);
                 popped
             };
-            let Some((mut conn, since)) = popped else {
+            let Some((mut conn, id, since)) = popped else {
                 break;
             };
             if since.elapsed() > PING_AFTER_IDLE && conn.ping().await.is_err() {
@@ -109,15 +130,17 @@ impl Sessions {
             }
             return Ok(Session {
                 conn: Some(conn),
+                id,
                 in_flight: false,
                 reused: true,
                 home: self.clone(),
                 permit: Some(permit),
             });
         }
-        let conn = self.connect().await?;
+        let (conn, id) = self.connect().await?;
         Ok(Session {
             conn: Some(conn),
+            id,
             in_flight: false,
             reused: false,
             home: self.clone(),
@@ -133,9 +156,10 @@ impl Sessions {
     ) -> Result<Session, sqlx::Error> {
         old.discard();
         let permit = old.permit.take().expect("a session holds its permit");
-        let conn = self.connect().await?;
+        let (conn, id) = self.connect().await?;
         Ok(Session {
             conn: Some(conn),
+            id,
             in_flight: false,
             reused: false,
             home: self.clone(),
@@ -143,13 +167,17 @@ impl Sessions {
         })
     }
 
-    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+    async fn connect(&self) -> Result<(PgConnection, ConnId), sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.options).await?;
         // An acquisition must be on disk before its token is handed out:
         // with synchronous_commit = off a crash can forget a committed
         // acquire, and the token sequence then hands the same token out
         // again. Stronger settings (remote_write, remote_apply) are kept.
-        conn.execute(sqlx::raw_sql(SESSION_SETUP)).await?;
+        let row = sqlx::raw_sql(SESSION_SETUP).fetch_one(&mut conn).await?;
+        let id = ConnId {
+            pid: row.try_get(0)?,
+            started: row.try_get(1)?,
+        };
         // A session whose client went away (a cancelled lock() closes its
         // socket) ends within 250 ms even while it waits for a lock, and so
         // releases everything it held or was about to be granted.
@@ -157,7 +185,7 @@ impl Sessions {
             conn.execute("SET client_connection_check_interval = 250")
                 .await?;
         }
-        Ok(conn)
+        Ok((conn, id))
     }
 }
 
@@ -269,7 +297,11 @@ impl Drop for Session {
             self.discard();
         }
         if let Some(conn) = self.conn.take() {
-            self.home.idle.lock().unwrap().push((conn, Instant::now()));
+            self.home
+                .idle
+                .lock()
+                .unwrap()
+                .push((conn, self.id, Instant::now()));
         }
     }
 }

@@ -7,37 +7,47 @@
 //! one of them NULL: `coalesce($1, hashtextextended($2, 0))` is the key, so
 //! string keys are hashed by the server exactly as `psql` would.
 
-/// Session lock, waiting in the server (no client polling). The target list
-/// is evaluated left to right: `set_config(.., true)` puts `lock_timeout` in
-/// force, for this statement's implicit transaction only, before the lock
-/// wait starts ('0' waits forever, overriding a `lock_timeout` in the
-/// connect options). `pg_backend_pid()` and `pg_postmaster_start_time()`
-/// let `lost()` find the session (a pid is reused after a restart); the
+/// Session lock, waiting in the server (no client polling). pglock's
+/// sessions have `lock_timeout = 0`, so this waits as long as it takes. The
 /// numeric key lets the unlock be sent as a literal.
-pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
-     coalesce($1, hashtextextended($2, 0)), \
-     set_config('lock_timeout', $3, true), \
+pub(crate) const ADVISORY_LOCK: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
      pg_advisory_lock(coalesce($1, hashtextextended($2, 0)))::text";
 
 /// Shared variant of [`ADVISORY_LOCK`].
-pub(crate) const ADVISORY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
-     coalesce($1, hashtextextended($2, 0)), \
+pub(crate) const ADVISORY_LOCK_SHARED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
+     pg_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
+
+/// Session lock with a timeout. The target list is evaluated left to right:
+/// `set_config(.., true)` puts `lock_timeout` in force, for this statement's
+/// implicit transaction only, before the lock wait starts.
+pub(crate) const ADVISORY_LOCK_TIMED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
+     set_config('lock_timeout', $3, true), \
+     pg_advisory_lock(coalesce($1, hashtextextended($2, 0)))::text";
+
+/// Shared variant of [`ADVISORY_LOCK_TIMED`].
+pub(crate) const ADVISORY_LOCK_SHARED_TIMED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
      set_config('lock_timeout', $3, true), \
      pg_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
 
 /// One attempt, no wait.
-pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
-     coalesce($1, hashtextextended($2, 0)), \
+pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
      pg_try_advisory_lock(coalesce($1, hashtextextended($2, 0)))";
 
 /// Shared variant of [`ADVISORY_TRY_LOCK`].
-pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
-     coalesce($1, hashtextextended($2, 0)), \
+pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
      pg_try_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))";
 
-/// Release, and leave the session clean for reuse, in one round trip:
-/// `held` is false if this session did not hold the lock; `idle` is false if
-/// the caller left a transaction open on it (then it is not reused);
+/// Release a lock on a session the caller never used: nothing else can be
+/// on it. `false` means this session did not hold the lock.
+pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// Shared variant of [`ADVISORY_UNLOCK`].
+pub(crate) const ADVISORY_UNLOCK_SHARED: &str = "SELECT pg_advisory_unlock_shared($1)";
+
+/// Release a lock on a session the caller ran statements on, and leave the
+/// session clean for reuse, in one round trip: `held` is false if this
+/// session did not hold the lock; `idle` is false if the caller left a
+/// transaction open on it (then it is not reused);
 /// `pg_advisory_unlock_all()` drops any lock the caller took by hand.
 ///
 /// Sent with the simple query protocol (the key is an integer literal, so
