@@ -380,8 +380,8 @@ WITH p AS (
     UPDATE {s}.pools
        SET free_floor = (SELECT seq FROM lowest)
      WHERE name = $1 AND version = (SELECT version FROM p)
-       AND (SELECT seq FROM free) > free_floor + 256
-       AND (SELECT seq FROM lowest) > free_floor + 256
+       AND (SELECT seq FROM free) > free_floor + 32
+       AND (SELECT seq FROM lowest) > free_floor + 32
 )
 SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
        true AS any_held, false AS free_locked
