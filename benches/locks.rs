@@ -12,14 +12,13 @@
 //! - release → waiter wake-up: pglock's `acquire()` waiter vs a raw
 //!   LISTEN connection receiving the release's NOTIFY.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 struct Stats {
     name: String,
@@ -31,10 +30,7 @@ struct Stats {
 impl Stats {
     fn print(&mut self) {
         self.lat.sort();
-        let pct = |p: f64| {
-            let i = ((self.lat.len() as f64 - 1.0) * p).round() as usize;
-            self.lat.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
-        };
+        let pct = |p: f64| common::percentile_ms(&self.lat, p);
         println!(
             "{:<44} {:>9.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms",
             self.name,
@@ -84,7 +80,7 @@ async fn raw_conns(url: &str, n: usize) -> Vec<std::sync::Arc<tokio::sync::Mutex
     let mut v = Vec::new();
     for _ in 0..n {
         v.push(std::sync::Arc::new(tokio::sync::Mutex::new(
-            raw_connection(url).await,
+            common::raw_connection(url).await,
         )));
     }
     v
@@ -97,7 +93,7 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let dur = Duration::from_secs(secs);
-    let url = cluster::shared_url();
+    let url = common::shared_url();
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .connect(&url)
@@ -305,7 +301,7 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
     let sql = locks.__statements();
     let mut listener = PgListener::connect(url).await.unwrap();
     listener.listen("pglock").await.unwrap();
-    let mut holder = raw_connection(url).await;
+    let mut holder = common::raw_connection(url).await;
     let mut lat = Vec::new();
     for i in 0..rounds {
         let name = format!("raw-wake-{i}");
@@ -392,16 +388,4 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
         lat,
     }
     .print();
-}
-
-/// A plain connection for the raw-SQL floor, with the durability pglock's own
-/// connections use (`synchronous_commit = on`), so both sides pay the same
-/// commit.
-async fn raw_connection(url: &str) -> PgConnection {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::raw_sql("SET synchronous_commit = on")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c
 }

@@ -8,8 +8,7 @@
 //! (default 3), `PGLOCK_BENCH_ITEMS` the pool size (default 1,000,000).
 //! Autovacuum is switched off for the table, so dead rows stay.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pglock::Locks;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::Mutex;
 
 const SCHEMA: &str = "bench_pool";
@@ -62,10 +61,7 @@ impl Stats {
 
     fn print(&mut self, name: &str) {
         self.lat.sort();
-        let pct = |p: f64| {
-            let i = ((self.lat.len() as f64 - 1.0) * p).round() as usize;
-            self.lat.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
-        };
+        let pct = |p: f64| common::percentile_ms(&self.lat, p);
         println!(
             "{name:<52} {:>8.0} claims/s   p50 {:>7.3} ms   p99 {:>8.3} ms   ({} claims)",
             self.rate(),
@@ -175,7 +171,7 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let url = cluster::shared_url();
+    let url = common::shared_url();
     let db = PgPoolOptions::new()
         .max_connections(8)
         .connect(&url)
@@ -200,7 +196,7 @@ async fn main() {
     let locks = Arc::new(locks);
     let mut raw_conns = Vec::new();
     for _ in 0..WORKERS {
-        raw_conns.push(Arc::new(Mutex::new(raw_connection(&url).await)));
+        raw_conns.push(Arc::new(Mutex::new(common::raw_connection(&url).await)));
     }
     let raw = Arc::new(raw_conns);
 
@@ -313,16 +309,4 @@ async fn main() {
     for l in held {
         l.orphan();
     }
-}
-
-/// A plain connection for the raw-SQL floor, with the durability pglock's own
-/// connections use (`synchronous_commit = on`), so both sides pay the same
-/// commit.
-async fn raw_connection(url: &str) -> PgConnection {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::raw_sql("SET synchronous_commit = on")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c
 }

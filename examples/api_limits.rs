@@ -5,15 +5,13 @@
 //! `cargo run --example api_limits` (uses `DATABASE_URL`, or a throwaway
 //! PostgreSQL).
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
-use sqlx::postgres::PgPoolOptions;
 
 const SCHEMA: &str = "api_example";
 const PERMITS: u32 = 4;
@@ -23,20 +21,7 @@ const CALLS: usize = 8;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cluster::shared_url())
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
-    )))
-    .execute(&db)
-    .await?;
-    Locks::builder(db.clone())
-        .schema(SCHEMA)
-        .build()?
-        .migrate()
-        .await?;
+    let (db, _) = common::fresh_schema(SCHEMA).await?;
 
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));

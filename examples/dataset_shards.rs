@@ -4,14 +4,12 @@
 //! `cargo run --example dataset_shards` (uses `DATABASE_URL`, or a throwaway
 //! PostgreSQL).
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::time::Duration;
 
 use pglock::{Error, Locks};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 
 const SCHEMA: &str = "shards_example";
 const POOL: &str = "imagenet-train";
@@ -20,17 +18,7 @@ const TTL: Duration = Duration::from_millis(800);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cluster::shared_url())
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
-    )))
-    .execute(&db)
-    .await?;
-    let locks = Locks::builder(db.clone()).schema(SCHEMA).build()?;
-    locks.migrate().await?;
+    let (db, locks) = common::fresh_schema(SCHEMA).await?;
     locks
         .lease_pool(POOL)
         .add((0..12).map(|i| format!("shard-{i:03}")))

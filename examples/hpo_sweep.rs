@@ -12,15 +12,13 @@
 //! Runs with no setup: `cargo run --example hpo_sweep` uses `DATABASE_URL`
 //! if set, or starts a throwaway PostgreSQL.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::time::Duration;
 
 use pglock::{Error, Lease, Locks};
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 const SCHEMA: &str = "hpo_example";
 const SWEEP: &str = "sweep-2026-11";
@@ -31,20 +29,7 @@ const DOOMED: usize = 2;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&cluster::shared_url())
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
-    )))
-    .execute(&db)
-    .await?;
-    let locks = Locks::builder(db.clone())
-        .schema(SCHEMA)
-        .holder("coordinator")
-        .build()?;
-    locks.migrate().await?;
+    let (db, locks) = common::fresh_schema(SCHEMA).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {SCHEMA}.results (trial text NOT NULL, loss float8 NOT NULL, worker text NOT NULL, token bigint NOT NULL)"
     )))

@@ -9,34 +9,19 @@
 //! Runs with no setup: it uses `DATABASE_URL` if set, or starts a throwaway
 //! PostgreSQL. `cargo run --example leader`
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+mod common;
 
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
-use sqlx::postgres::PgPoolOptions;
 
 const TTL: Duration = Duration::from_secs(1);
 const TERMS: usize = 4;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&cluster::shared_url())
-        .await?;
     let schema = "leader_example";
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&pool)
-    .await?;
-    Locks::builder(pool.clone())
-        .schema(schema)
-        .build()?
-        .migrate()
-        .await?;
+    let (pool, _) = common::fresh_schema(schema).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {schema}.log (id bigserial PRIMARY KEY, worker text, token bigint, at timestamptz DEFAULT clock_timestamp())"
     )))
