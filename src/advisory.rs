@@ -451,7 +451,7 @@ impl AdvisoryGuard {
 
     /// Resolves when the session that holds the lock has died (terminated
     /// backend, server restart, network failure) or no longer holds the
-    /// lock. It checks `pg_locks` through your pool twice a second, and also
+    /// lock. It checks `pg_locks` on pglock's own connections twice a second, and also
     /// resolves after two checks in a row cannot reach the server.
     ///
     /// Typical use: run the critical section in a `select!` against

@@ -299,8 +299,10 @@ impl LeaseRef {
     }
 
     /// Resolves when the lease is lost: a renewal found it gone, or the
-    /// local deadline passed without a successful renewal. Always resolves
-    /// no later than the server could give the lease to someone else.
+    /// local deadline passed without a successful renewal. Through expiry,
+    /// the lease cannot pass to someone else before this resolves (the
+    /// deadline comes at 90% of the TTL, counted from before the renewal was
+    /// sent); an operator's `force_release` is seen at the next renewal.
     ///
     /// # Cancel safety
     ///
