@@ -494,10 +494,11 @@ impl AdvisoryGuard {
 }
 
 /// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
-/// if the unlock answered that it held the lock and, when the caller `used`
-/// the session, that no transaction was left open on it; in every other
-/// case, including a cancelled unlock, it is closed and the server drops
-/// whatever it held.
+/// if the unlock answered that it held the lock and the caller never `used`
+/// the session: a session the caller ran statements on may carry anything
+/// (an open transaction, settings, other locks, LISTENs), so it is closed
+/// and the server drops whatever it held. So is a session whose unlock
+/// failed, timed out or was cancelled.
 async fn unlock(
     session: Session,
     key: i64,
@@ -505,27 +506,16 @@ async fn unlock(
     used: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     let mut armed = Armed(Some(session));
-    let query = async {
-        if used {
-            let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql::advisory_unlock(key, shared)))
-                .fetch_one(armed.conn())
-                .await?;
-            Ok::<_, sqlx::Error>((row.try_get("held")?, row.try_get("idle")?))
-        } else {
-            let stmt = if shared {
-                sql::ADVISORY_UNLOCK_SHARED
-            } else {
-                sql::ADVISORY_UNLOCK
-            };
-            let held = sqlx::query_scalar(stmt)
-                .bind(key)
-                .fetch_one(armed.conn())
-                .await?;
-            Ok((held, true))
-        }
+    let stmt = if shared {
+        sql::ADVISORY_UNLOCK_SHARED
+    } else {
+        sql::ADVISORY_UNLOCK
     };
-    let (held, idle): (bool, bool) = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
-        Ok(row) => row?,
+    let query = sqlx::query_scalar::<_, bool>(stmt)
+        .bind(key)
+        .fetch_one(armed.conn());
+    let held = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
+        Ok(held) => held?,
         Err(_) => {
             return Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -533,7 +523,7 @@ async fn unlock(
             )));
         }
     };
-    if held && idle {
+    if held && !used {
         drop(armed.disarm());
     }
     Ok(held)
@@ -552,8 +542,8 @@ impl Deref for AdvisoryGuard {
 
 impl DerefMut for AdvisoryGuard {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        // The caller may leave anything on the session: the unlock then
-        // checks and cleans it.
+        // The caller may leave anything on the session: it is closed, not
+        // reused, after the unlock.
         self.used = true;
         self.session
             .as_mut()

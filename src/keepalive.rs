@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use crate::lease::Shared;
 use crate::session::{Sessions, on_statement_conn};
 
+/// Longest one renewal attempt may take.
+const RENEW_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// The keep-alive task of one `Locks` and the leases it renews.
 #[derive(Debug, Default)]
 pub(crate) struct KeepAlive {
@@ -113,13 +116,16 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
         }
         // A renewal that cannot finish before the first deadline is useless:
         // give up on it then (a cut network never answers) and retry.
-        // Bounded by the longest deadline in the batch: a lease with less
-        // time left is lost meanwhile anyway, and the others still profit.
+        // Bounded by the longest deadline in the batch (a lease with less
+        // time left is lost meanwhile anyway) and by RENEW_ATTEMPT: a
+        // connection that hangs (half-open TCP) is given up and the next
+        // attempt runs on a new one, long before a long TTL runs out.
         let limit = due
             .iter()
             .map(|s| s.remaining())
             .max()
             .unwrap_or_default()
+            .min(RENEW_ATTEMPT)
             .max(Duration::from_millis(100));
         let outcome =
             match tokio::time::timeout(limit, renew_batch(&sessions, &statement, &due)).await {

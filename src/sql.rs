@@ -37,35 +37,11 @@ pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT coalesce($1, hashtextextended
 pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
      pg_try_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))";
 
-/// Release a lock on a session the caller never used: nothing else can be
-/// on it. `false` means this session did not hold the lock.
+/// Release; `false` means this session did not hold the lock.
 pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 
 /// Shared variant of [`ADVISORY_UNLOCK`].
 pub(crate) const ADVISORY_UNLOCK_SHARED: &str = "SELECT pg_advisory_unlock_shared($1)";
-
-/// Release a lock on a session the caller ran statements on, and leave the
-/// session clean for reuse, in one round trip: `held` is false if this
-/// session did not hold the lock; `idle` is false if the caller left a
-/// transaction open on it (then it is not reused);
-/// `pg_advisory_unlock_all()` drops any lock the caller took by hand.
-///
-/// Sent with the simple query protocol (the key is an integer literal, so
-/// nothing needs quoting): there, an autocommit statement's transaction
-/// starts with the statement, so `now() = statement_timestamp()` exactly
-/// when no transaction was open before. (The extended protocol starts the
-/// transaction at Bind, before the statement timestamp of Execute.)
-pub(crate) fn advisory_unlock(key: i64, shared: bool) -> String {
-    let unlock = if shared {
-        "pg_advisory_unlock_shared"
-    } else {
-        "pg_advisory_unlock"
-    };
-    format!(
-        "SELECT {unlock}({key}) AS held, now() = statement_timestamp() AS idle, \
-         pg_advisory_unlock_all()::text"
-    )
-}
 
 /// Does session `$1` of the server started at `$2` still hold lock `$3`? A
 /// bigint advisory key shows in `pg_locks` as `classid` (high 32 bits),
@@ -222,10 +198,15 @@ RETURNING token";
 
 /// Undo an acquire whose caller went away before reading the answer (a
 /// cancelled or timed-out `acquire()`): free the lease if this owner id got
-/// it, and wake its waiters.
+/// it, and wake its waiters. An upsert, because the acquire may still be
+/// inserting the row on its own connection: the insert path waits for that
+/// transaction and sees its row (a plain UPDATE would not). With no row at
+/// all, it leaves a free one.
 const LEASE_ABANDON: &str = "\
-UPDATE {s}.leases SET owner = NULL, expires_at = NULL, updated_at = clock_timestamp()
- WHERE pool = '' AND name = $1 AND owner = $2
+INSERT INTO {s}.leases AS l (pool, name) VALUES ('', $1)
+ON CONFLICT (pool, name) DO UPDATE
+   SET owner = NULL, expires_at = NULL, updated_at = clock_timestamp()
+ WHERE l.owner = $2
 RETURNING pg_notify('pglock', $3)::text";
 
 /// Undo a claim whose caller went away before reading the answer: put back
@@ -290,27 +271,29 @@ SELECT pool, name, coalesce(token, 0) AS token, holder,
  ORDER BY pool, name";
 
 /// Add items to a pool, idempotently, in one statement: existing items are
-/// left as they are (done or not). New items join the free order; the floor
-/// moves down to them and the version changes, so that no concurrent claim
-/// raises the floor past an item being added.
+/// left as they are (done or not); new items join the free order. The pools
+/// row is written once, after the items: its free_floor moves down to the
+/// new items and its version changes, so that a concurrent claim either
+/// waits for this row lock and then fails its compare-and-set on `version`,
+/// or raised the floor before and sees it lowered again here. (A second
+/// UPDATE of the same row in the same statement would be silently skipped.)
 const POOL_ADD: &str = "\
-WITH p AS (
-    INSERT INTO {s}.pools AS p (name, kind) VALUES ($1, $3)
-    ON CONFLICT (name) DO UPDATE SET version = p.version
-    RETURNING name
-), ins AS (
+WITH ins AS (
     INSERT INTO {s}.leases (pool, name, seq, slot)
     SELECT $1, u.item, nextval('{s}.free_order'), u.slot
       FROM (SELECT DISTINCT ON (item) item, slot, ord
               FROM unnest($2::text[], $4::int4[]) WITH ORDINALITY AS u(item, slot, ord)
-             ORDER BY item, ord) u, p
+             ORDER BY item, ord) u
      ORDER BY u.ord
     ON CONFLICT (pool, name) DO NOTHING
     RETURNING seq
-), bump AS (
-    UPDATE {s}.pools
-       SET free_floor = least(free_floor, (SELECT min(seq) FROM ins)), version = version + 1
-     WHERE name = $1 AND EXISTS (SELECT 1 FROM ins)
+), p AS (
+    INSERT INTO {s}.pools AS p (name, kind, free_floor)
+    VALUES ($1, $3, coalesce((SELECT min(seq) FROM ins), 0))
+    ON CONFLICT (name) DO UPDATE
+       SET version = p.version + 1,
+           free_floor = least(p.free_floor, coalesce((SELECT min(seq) FROM ins), p.free_floor))
+    RETURNING name
 )
 SELECT count(*) FROM ins";
 

@@ -138,6 +138,42 @@ async fn every_item_is_completed_exactly_once_by_competing_workers() {
 }
 
 #[tokio::test]
+async fn an_added_item_is_claimable_whatever_the_floor_was() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add(["first"]).await.unwrap();
+    // A floor far above every item (as a concurrent raise could leave it):
+    // an add must bring it back down to the new items.
+    exec(
+        &t,
+        format!(
+            "UPDATE \"{}\".pools SET free_floor = 9000000000000 WHERE name = '{name}'",
+            t.schema
+        ),
+    )
+    .await;
+    pool.add(["second"]).await.unwrap();
+    let version: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM \"{}\".pools WHERE name = $1",
+        t.schema
+    )))
+    .bind(&name)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(version, 1, "an add to an existing pool changes its version");
+    let got = pool
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the new item is claimable");
+    assert_eq!(got.name(), "second");
+    got.complete().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_crashed_claimers_item_returns_after_its_ttl() {
     let t = db().await;
     let name = pool_name();
