@@ -620,6 +620,32 @@ async fn force_release_frees_a_held_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_just_before_the_command_ends_is_reported() {
+    let t = db().await;
+    let name = unique("late-loss");
+    let dir = scratch();
+    let flag = dir.join("started");
+    // A long TTL: no renewal happens before the command ends, so only the
+    // check at the end can notice the force-release.
+    let script = format!("touch {}; sleep 1", flag.display());
+    let child = spawn(
+        &t,
+        &[
+            "exec", "--lease", &name, "--ttl", "60s", "--", "sh", "-c", &script,
+        ],
+    );
+    eventually(20, "the command starts", || async { flag.exists() }).await;
+    assert!(t.locks.force_release(&name).await.unwrap().is_some());
+    let out = finish(child).await;
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lost before it ended"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_exit_2_with_a_clear_message() {
     let t = db().await;
     let cases: &[(&[&str], &str)] = &[

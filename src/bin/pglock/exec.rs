@@ -119,6 +119,15 @@ async fn exec_advisory(
     }
     match released {
         Ok(Ok(())) => ctx.ui.detail(format_args!("released {target}")),
+        // The session no longer held the lock when the command ended.
+        Ok(Err(Error::LockLost { .. })) => {
+            return Err(Failure::new(
+                EXIT_LOST,
+                format!(
+                    "the command finished, but {target} was lost before it ended: its session (pid {pid}) no longer held it"
+                ),
+            ));
+        }
         Ok(Err(e)) => ctx.ui.detail(format_args!("release: {e}")),
         Err(_) => ctx
             .ui
@@ -247,6 +256,17 @@ async fn end_lease(
         lease.token(),
     );
     let complete = lease.pool().is_some() && matches!(&finished, Ok(f) if f.code == 0 && !f.lost);
+    // Was the lease still ours when the command ended? A loss just before
+    // its exit (after the last renewal) would otherwise pass unnoticed:
+    // release does not report a lapsed lease. (complete does.)
+    let held_to_the_end = if complete || !matches!(&finished, Ok(f) if !f.lost) {
+        Ok(())
+    } else {
+        match tokio::time::timeout(RELEASE_TIMEOUT, lease.renew()).await {
+            Ok(Err(Error::LeaseLost { .. })) => Err(()),
+            _ => Ok(()),
+        }
+    };
     let done = if complete {
         tokio::time::timeout(RELEASE_TIMEOUT, lease.complete()).await
     } else {
@@ -260,6 +280,15 @@ async fn end_lease(
             &why,
             &finished,
             grace,
+        ));
+    }
+    if held_to_the_end.is_err() {
+        let why = lease_loss(ctx, &pool, &name, token).await;
+        return Err(Failure::new(
+            EXIT_LOST,
+            format!(
+                "the command finished, but {what} (token {token}) was lost before it ended: {why}"
+            ),
         ));
     }
     match done {
