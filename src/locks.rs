@@ -125,7 +125,11 @@ impl Locks {
     /// # Errors
     ///
     /// [`Error::Migrate`] or [`Error::Database`] when the database refuses,
-    /// for instance for lack of the `CREATE` privilege.
+    /// for instance for lack of the `CREATE` privilege;
+    /// [`Error::InvalidInput`] with
+    /// [`transaction_pooler`](LocksBuilder::transaction_pooler) and no
+    /// [`session_options`](LocksBuilder::session_options) (the migration
+    /// holds a session advisory lock).
     ///
     /// # Examples
     ///

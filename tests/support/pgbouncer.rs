@@ -58,14 +58,20 @@ impl PgBouncer {
                 chown_postgres(p);
             }
         }
+        // Debian installs it in /usr/sbin, not always on a user's PATH.
+        let bin = if std::path::Path::new("/usr/sbin/pgbouncer").exists() {
+            "/usr/sbin/pgbouncer"
+        } else {
+            "pgbouncer"
+        };
         let bouncer = PgBouncer { dir, port };
         bouncer.watchdog();
         let mut cmd = if as_postgres {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "pgbouncer"]);
+            c.args(["-u", "postgres", "--", bin]);
             c
         } else {
-            Command::new("pgbouncer")
+            Command::new(bin)
         };
         let out = cmd
             .arg("-d")
