@@ -46,7 +46,9 @@ impl Locks {
     pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
         let inner = &self.inner;
         let rows = on_statement_conn!(inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_list.as_str())).fetch_all(c)
+            inner
+                .query(sqlx::AssertSqlSafe(inner.sql.lease_list.as_str()))
+                .fetch_all(c)
         })
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
@@ -102,7 +104,7 @@ impl Locks {
             pool_topic(pool)
         };
         let row = on_statement_conn!(once inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
+            inner.query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
                 .bind(pool)
                 .bind(name)
                 .bind(payload(&inner.schema, &wake))
@@ -130,7 +132,7 @@ impl Locks {
     pub(crate) async fn request_release_in(&self, pool: &str, name: &str) -> Result<Option<i64>> {
         let inner = &self.inner;
         let token = on_statement_conn!(once inner.sessions, |c| {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(
+            inner.query_scalar(sqlx::AssertSqlSafe(
                 inner.sql.lease_request_release.as_str(),
             ))
             .bind(pool)

@@ -33,8 +33,16 @@
 //! # Transaction-mode poolers
 //!
 //! Session locks need a session: behind PgBouncer in `pool_mode=transaction`
-//! they are not safe. Use [`Advisory::lock_xact`] there, which holds the lock
-//! until the end of your transaction.
+//! the server session changes under the client after every transaction, so
+//! a lock taken there would be held by whichever client gets that server
+//! connection next. With
+//! [`LocksBuilder::transaction_pooler`](crate::LocksBuilder::transaction_pooler)
+//! set, [`Advisory::lock`] and [`Advisory::try_lock`] therefore refuse with
+//! [`Error::InvalidInput`] before any SQL runs, unless
+//! [`LocksBuilder::session_options`](crate::LocksBuilder::session_options)
+//! gave them a direct or session-mode connection, which they then use. Or
+//! use [`Advisory::lock_xact`], which holds the lock until the end of your
+//! transaction and works through any pooler.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -112,6 +120,20 @@ impl Advisory {
         Ok(())
     }
 
+    /// Refuses session locks where there is no session to hold them.
+    fn check_session_available(&self) -> Result<()> {
+        let inner = &self.locks.inner;
+        if inner.transaction_pooler && inner.session_options.is_none() {
+            return Err(Error::invalid(
+                "advisory",
+                "session advisory locks need a session; behind a transaction-mode pooler \
+                 use lock_xact, or give LocksBuilder::session_options(..) a direct or \
+                 session-mode connection",
+            ));
+        }
+        Ok(())
+    }
+
     fn what(&self) -> String {
         let mode = if self.shared {
             "shared advisory lock"
@@ -132,10 +154,14 @@ impl Advisory {
     /// # Errors
     ///
     /// [`Error::Timeout`] when a [`timeout`](Self::timeout) was set and ran
-    /// out; [`Error::InvalidInput`] for a bad key or timeout (before any SQL
-    /// runs); [`Error::Database`] when the server or the connection fails.
+    /// out; [`Error::InvalidInput`] for a bad key or timeout, or behind a
+    /// transaction-mode pooler without
+    /// [`session_options`](crate::LocksBuilder::session_options) (before any
+    /// SQL runs); [`Error::Database`] when the server or the connection
+    /// fails.
     pub async fn lock(self) -> Result<AdvisoryGuard> {
         self.validate()?;
+        self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut armed = Armed(Some(self.session(deadline).await?));
         let (k, text) = self.key.binds();
@@ -185,10 +211,13 @@ impl Advisory {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a bad key; [`Error::Database`] when the
-    /// server or the connection fails. Contention is not an error.
+    /// [`Error::InvalidInput`] for a bad key, or behind a transaction-mode
+    /// pooler without [`session_options`](crate::LocksBuilder::session_options)
+    /// (before any SQL runs); [`Error::Database`] when the server or the
+    /// connection fails. Contention is not an error.
     pub async fn try_lock(self) -> Result<Option<AdvisoryGuard>> {
         self.validate()?;
+        self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut armed = Armed(Some(self.session(deadline).await?));
         let (k, text) = self.key.binds();
@@ -244,7 +273,13 @@ impl Advisory {
                 } else {
                     sql::ADVISORY_XACT_LOCK
                 };
-                sqlx::query(stmt).bind(k).bind(text).execute(conn).await
+                self.locks
+                    .inner
+                    .query(stmt)
+                    .bind(k)
+                    .bind(text)
+                    .execute(conn)
+                    .await
             }
             Some(t) => {
                 let stmt = if self.shared {
@@ -252,7 +287,9 @@ impl Advisory {
                 } else {
                     sql::ADVISORY_XACT_LOCK_TIMED
                 };
-                sqlx::query(stmt)
+                self.locks
+                    .inner
+                    .query(stmt)
                     .bind(k)
                     .bind(text)
                     .bind(format!("{}ms", t.as_millis().max(1)))
@@ -292,7 +329,10 @@ impl Advisory {
         } else {
             sql::ADVISORY_XACT_TRY_LOCK
         };
-        Ok(sqlx::query_scalar(stmt)
+        Ok(self
+            .locks
+            .inner
+            .query_scalar(stmt)
             .bind(k)
             .bind(text)
             .fetch_one(conn)
@@ -301,7 +341,7 @@ impl Advisory {
 
     /// A free session (waits while `max_sessions` guards are held).
     async fn session(&self, deadline: Option<Instant>) -> Result<Session> {
-        let get = self.locks.inner.sessions.lock_session();
+        let get = self.locks.inner.lock_sessions.lock_session();
         match deadline {
             None => Ok(get.await?),
             Some(d) => match tokio::time::timeout_at(d, get).await {
@@ -465,7 +505,9 @@ impl AdvisoryGuard {
         loop {
             tokio::time::sleep(LOST_POLL).await;
             let check = on_statement_conn!(self.locks.inner.sessions, |c| {
-                sqlx::query_scalar::<_, bool>(sql::ADVISORY_HELD_BY)
+                self.locks
+                    .inner
+                    .query_scalar::<bool>(sql::ADVISORY_HELD_BY)
                     .bind(self.id.pid)
                     .bind(self.id.started)
                     .bind(self.id.key)

@@ -161,6 +161,7 @@ pub(crate) async fn renew_batch(
     let sent = Instant::now();
     let rows = on_statement_conn!(sessions, |c| {
         sqlx::query(sqlx::AssertSqlSafe(statement))
+            .persistent(!sessions.pooled)
             .bind(&pools)
             .bind(&names)
             .bind(&tokens)

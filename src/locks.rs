@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{Postgres, SqlSafeStr};
 
 use crate::advisory::Advisory;
 use crate::error::{Error, Result};
@@ -35,6 +37,11 @@ pub const DEFAULT_STATEMENT_CONNECTIONS: u32 = 8;
 /// only read for its connect options; your transactions (`fence`,
 /// `lock_xact`) run on the connections you pass.
 ///
+/// Behind PgBouncer in `pool_mode=transaction`, declare it with
+/// [`transaction_pooler`](LocksBuilder::transaction_pooler), and give
+/// [`session_options`](LocksBuilder::session_options) a direct (or
+/// session-mode) address for session advisory locks and NOTIFY wake-ups.
+///
 /// Create it inside a Tokio runtime.
 #[derive(Clone, Debug)]
 pub struct Locks {
@@ -48,6 +55,15 @@ pub(crate) struct Inner {
     /// pglock's own connections beside the caller's pool: advisory lock
     /// sessions and short statements, without sqlx's pings.
     pub(crate) sessions: Arc<crate::session::Sessions>,
+    /// Connections for advisory lock sessions: `sessions` itself unless
+    /// [`LocksBuilder::session_options`] was given.
+    pub(crate) lock_sessions: Arc<crate::session::Sessions>,
+    /// Whether the pool's connect options lead through a transaction-mode
+    /// pooler ([`LocksBuilder::transaction_pooler`]).
+    pub(crate) transaction_pooler: bool,
+    /// Connect options of connections that need a real session (advisory
+    /// lock sessions, LISTEN, `migrate`), if they differ from the pool's.
+    pub(crate) session_options: Option<PgConnectOptions>,
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) holder: String,
@@ -59,6 +75,26 @@ pub(crate) struct Inner {
     pub(crate) keepalive: crate::keepalive::KeepAlive,
     /// Semaphores (name, permits) whose permits this handle has ensured.
     pub(crate) semaphores: std::sync::Mutex<std::collections::HashSet<(String, u32)>>,
+}
+
+impl Inner {
+    /// `sqlx::query(sql)`, with an unnamed prepared statement behind a
+    /// transaction-mode pooler (a named one would stay on a server
+    /// connection that the pooler hands to other clients).
+    pub(crate) fn query<'q>(&self, sql: impl SqlSafeStr) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql).persistent(!self.transaction_pooler)
+    }
+
+    /// `sqlx::query_scalar(sql)`, as [`Inner::query`].
+    pub(crate) fn query_scalar<'q, O>(
+        &self,
+        sql: impl SqlSafeStr,
+    ) -> QueryScalar<'q, Postgres, O, PgArguments>
+    where
+        (O,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        sqlx::query_scalar(sql).persistent(!self.transaction_pooler)
+    }
 }
 
 impl Locks {
@@ -78,6 +114,8 @@ impl Locks {
             holder: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             statement_connections: DEFAULT_STATEMENT_CONNECTIONS,
+            transaction_pooler: false,
+            session_options: None,
         }
     }
 
@@ -87,7 +125,11 @@ impl Locks {
     /// # Errors
     ///
     /// [`Error::Migrate`] or [`Error::Database`] when the database refuses,
-    /// for instance for lack of the `CREATE` privilege.
+    /// for instance for lack of the `CREATE` privilege;
+    /// [`Error::InvalidInput`] with
+    /// [`transaction_pooler`](LocksBuilder::transaction_pooler) and no
+    /// [`session_options`](LocksBuilder::session_options) (the migration
+    /// holds a session advisory lock).
     ///
     /// # Examples
     ///
@@ -148,6 +190,8 @@ pub struct LocksBuilder {
     holder: Option<String>,
     max_sessions: u32,
     statement_connections: u32,
+    transaction_pooler: bool,
+    session_options: Option<PgConnectOptions>,
 }
 
 impl LocksBuilder {
@@ -176,6 +220,45 @@ impl LocksBuilder {
     /// (lease acquire, renew, release, claims; default 8).
     pub fn statement_connections(mut self, n: u32) -> Self {
         self.statement_connections = n;
+        self
+    }
+
+    /// Declares that the pool's connect options lead through a
+    /// transaction-mode pooler (PgBouncer `pool_mode=transaction`, or any
+    /// pooler that may hand the server connection to another client after
+    /// each transaction). Default `false`: a direct server or a session-mode
+    /// pooler.
+    ///
+    /// With `true`:
+    /// - every statement pglock sends on its own connections runs in a
+    ///   transaction of its own with an unnamed prepared statement (works
+    ///   with PgBouncer before 1.21, which has no prepared statement
+    ///   support), and sets nothing at session level (`lock_timeout` and
+    ///   `synchronous_commit` are set per transaction instead); statements
+    ///   on your transactions (`fence`, `lock_xact`) use unnamed prepared
+    ///   statements too;
+    /// - session advisory locks ([`Advisory::lock`](crate::Advisory::lock),
+    ///   [`try_lock`](crate::Advisory::try_lock)) and
+    ///   [`Locks::migrate`] need [`session_options`](Self::session_options)
+    ///   and fail with [`Error::InvalidInput`] without it; `lock_xact` works
+    ///   either way;
+    /// - without `session_options`, waiters get no NOTIFY (LISTEN needs a
+    ///   session) and look again at the holder's expiry and at least every
+    ///   2 seconds instead.
+    pub fn transaction_pooler(mut self, yes: bool) -> Self {
+        self.transaction_pooler = yes;
+        self
+    }
+
+    /// Connect options for the connections that need a real server session:
+    /// advisory lock sessions, the LISTEN connection of waiters, and
+    /// [`Locks::migrate`]. Point them at the server itself or at a
+    /// session-mode pooler, at the same database as the pool. Default: the
+    /// pool's connect options (or, with
+    /// [`transaction_pooler`](Self::transaction_pooler), none: those
+    /// features are then refused or replaced by polling).
+    pub fn session_options(mut self, options: PgConnectOptions) -> Self {
+        self.session_options = Some(options);
         self
     }
 
@@ -215,18 +298,39 @@ impl LocksBuilder {
             options.clone(),
             self.max_sessions,
             self.statement_connections,
+            self.transaction_pooler,
         );
+        let lock_sessions = match &self.session_options {
+            Some(o) => crate::session::Sessions::new(
+                o.clone(),
+                self.max_sessions,
+                self.statement_connections,
+                false,
+            ),
+            None => sessions.clone(),
+        };
+        // Where LISTEN can work: not through a transaction pooler.
+        let listen_options = match (&self.session_options, self.transaction_pooler) {
+            (Some(o), _) => Some(o.clone()),
+            (None, false) => Some(options),
+            (None, true) => None,
+        };
         // PgListener needs a sqlx pool: a private one, for that connection only.
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_lazy_with(options);
+        let listen_pool = listen_options.map(|o| {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_lazy_with(o)
+        });
         Ok(Locks {
             inner: Arc::new(Inner {
                 pool: self.pool,
                 sql: crate::sql::Statements::new(&quoted_schema),
                 hub: crate::wait::Hub::new(self.schema.clone(), listen_pool),
+                lock_sessions,
+                transaction_pooler: self.transaction_pooler,
+                session_options: self.session_options,
                 keepalive: Default::default(),
                 semaphores: Default::default(),
                 sessions,

@@ -8,7 +8,8 @@
 //! and records applied versions in `<schema>._pglock_migrations`, never in
 //! the application's `_sqlx_migrations`. Concurrent migrations (two processes
 //! starting at once) serialize on sqlx's migration advisory lock and both
-//! succeed.
+//! succeed. Behind a transaction-mode pooler it runs on
+//! [`LocksBuilder::session_options`](crate::LocksBuilder::session_options).
 
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, PgConnection};
@@ -27,7 +28,19 @@ pub fn latest_version() -> i64 {
 
 pub(crate) async fn run(locks: &crate::Locks) -> Result<()> {
     let inner = &locks.inner;
-    let options = (*inner.pool.connect_options()).clone();
+    let options = match &inner.session_options {
+        Some(o) => o.clone(),
+        // sqlx's migrator holds a session advisory lock across statements.
+        None if inner.transaction_pooler => {
+            return Err(crate::Error::invalid(
+                "migrate",
+                "migrate needs a session (it holds a session advisory lock); behind a \
+                 transaction-mode pooler give LocksBuilder::session_options(..) a direct or \
+                 session-mode connection, or migrate through a direct pool",
+            ));
+        }
+        None => (*inner.pool.connect_options()).clone(),
+    };
     let mut conn = PgConnection::connect_with(&options).await?;
     let result = async {
         conn.execute(sqlx::AssertSqlSafe(format!(

@@ -169,7 +169,8 @@ impl LeasePool {
     async fn add_raw(&self, kind: &str, items: &[String], slots: &[Option<i32>]) -> Result<u64> {
         let inner = &self.locks.inner;
         let added: i64 = on_statement_conn!(inner.sessions, |c| {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(inner.sql.pool_add.as_str()))
+            inner
+                .query_scalar(sqlx::AssertSqlSafe(inner.sql.pool_add.as_str()))
                 .bind(&self.name)
                 .bind(items)
                 .bind(kind)
@@ -201,7 +202,8 @@ impl LeasePool {
         validate_name("pool name", &self.name)?;
         let inner = &self.locks.inner;
         let row = on_statement_conn!(inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.pool_status.as_str()))
+            inner
+                .query(sqlx::AssertSqlSafe(inner.sql.pool_status.as_str()))
                 .bind(&self.name)
                 .fetch_one(c)
         })
@@ -225,7 +227,8 @@ impl LeasePool {
         validate_name("pool name", &self.name)?;
         let inner = &self.locks.inner;
         let rows = on_statement_conn!(inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.pool_items.as_str()))
+            inner
+                .query(sqlx::AssertSqlSafe(inner.sql.pool_items.as_str()))
                 .bind(&self.name)
                 .fetch_all(c)
         })
@@ -396,7 +399,8 @@ impl Claim {
         let pending = Pending::item(locks, &self.pool.name, holder, owner);
         let sent = Instant::now();
         let row = on_statement_conn!(inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.pool_claim.as_str()))
+            inner
+                .query(sqlx::AssertSqlSafe(inner.sql.pool_claim.as_str()))
                 .bind(&self.pool.name)
                 .bind(owner)
                 .bind(holder)

@@ -125,7 +125,7 @@ impl RateLimiter {
     async fn attempt(&self) -> Result<Option<Duration>> {
         let inner = &self.locks.inner;
         let row = on_statement_conn!(once inner.sessions, |c| {
-            sqlx::query(sqlx::AssertSqlSafe(inner.sql.rate_take.as_str()))
+            inner.query(sqlx::AssertSqlSafe(inner.sql.rate_take.as_str()))
                 .bind(&self.name)
                 .bind(self.n as f64)
                 .bind(self.per.as_secs_f64())

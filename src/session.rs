@@ -34,6 +34,31 @@ const SESSION_SETUP: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time()
      CASE WHEN current_setting('synchronous_commit') = 'off' \
           THEN set_config('synchronous_commit', 'on', false) END";
 
+/// [`SESSION_SETUP`] behind a transaction-mode pooler: the server session
+/// behind such a connection changes between transactions and is shared with
+/// other clients, so nothing is set on it (a session-level `set_config`
+/// would stay on the server connection and apply to whichever client the
+/// pooler hands it to next). The pid is read only to fill [`ConnId`]; it is
+/// never used for statement connections. The settings move to
+/// [`POOLED_BEGIN`], transaction-local.
+const SESSION_SETUP_POOLED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time()";
+
+/// Opens the transaction each statement runs in behind a transaction-mode
+/// pooler, with [`SESSION_SETUP`]'s settings made transaction-local
+/// (`set_config(.., true)`), so they end with the transaction and never
+/// leak into the pooler's server connection.
+///
+/// Why a transaction at all: sqlx runs a statement with parameters in two
+/// round trips, each ended by `Sync` (`Parse`+`Describe`, then
+/// `Bind`+`Execute`). Outside a transaction, a transaction-mode pooler may
+/// hand the server connection to another client between them, so the
+/// `Bind` could reach a server that lacks the statement, or holds another
+/// client's unnamed statement. Inside `BEGIN … COMMIT` the pooler keeps the
+/// server connection for the whole exchange.
+pub(crate) const POOLED_BEGIN: &str = "BEGIN; SELECT set_config('lock_timeout', '0', true), \
+     CASE WHEN current_setting('synchronous_commit') = 'off' \
+          THEN set_config('synchronous_commit', 'on', true) END";
+
 /// Which server session a connection is: its pid, and the server's start
 /// time (a pid is reused after a restart).
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +75,11 @@ const MAX_IDLE: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct Sessions {
     options: PgConnectOptions,
+    /// Whether `options` lead through a transaction-mode pooler: then no
+    /// session state is set on new connections, every statement runs in a
+    /// transaction of its own ([`POOLED_BEGIN`]) and with an unnamed
+    /// prepared statement.
+    pub(crate) pooled: bool,
     idle: Mutex<Vec<(PgConnection, ConnId, Instant)>>,
     pub(crate) locks: Arc<Semaphore>,
     statements: Arc<Semaphore>,
@@ -72,9 +102,15 @@ pub(crate) struct Session {
 }
 
 impl Sessions {
-    pub(crate) fn new(options: PgConnectOptions, max_sessions: u32, statements: u32) -> Arc<Self> {
+    pub(crate) fn new(
+        options: PgConnectOptions,
+        max_sessions: u32,
+        statements: u32,
+        pooled: bool,
+    ) -> Arc<Self> {
         Arc::new(Sessions {
             options,
+            pooled,
             idle: Mutex::new(Vec::new()),
             locks: Arc::new(Semaphore::new(max_sessions as usize)),
             statements: Arc::new(Semaphore::new(statements as usize)),
@@ -169,6 +205,20 @@ impl Sessions {
 
     async fn connect(&self) -> Result<(PgConnection, ConnId), sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.options).await?;
+        if self.pooled {
+            // No session state through a transaction pooler: see
+            // SESSION_SETUP_POOLED. client_connection_check_interval is
+            // skipped for the same reason; it only matters for sessions
+            // that wait for advisory locks, which never run here.
+            let row = sqlx::raw_sql(SESSION_SETUP_POOLED)
+                .fetch_one(&mut conn)
+                .await?;
+            let id = ConnId {
+                pid: row.try_get(0)?,
+                started: row.try_get(1)?,
+            };
+            return Ok((conn, id));
+        }
         // An acquisition must be on disk before its token is handed out:
         // with synchronous_commit = off a crash can forget a committed
         // acquire, and the token sequence then hands the same token out
@@ -203,10 +253,7 @@ macro_rules! on_statement_conn {
         async {
             let mut session = $sessions.statement().await?;
             session.in_flight = true;
-            let out = {
-                let $c = session.conn();
-                $body.await
-            };
+            let out = $crate::session::run_wrapped!(session, |$c| $body);
             session.in_flight = false;
             if let Err(e) = &out {
                 session.discard_if_broken(e);
@@ -219,19 +266,13 @@ macro_rules! on_statement_conn {
             let sessions = &$sessions;
             let mut session = sessions.statement().await?;
             session.in_flight = true;
-            let first = {
-                let $c = session.conn();
-                $body.await
-            };
+            let first = $crate::session::run_wrapped!(session, |$c| $body);
             session.in_flight = false;
             match first {
                 Err(e) if session.reused && $crate::session::is_dead(&e) => {
                     let mut fresh = sessions.reconnect(session).await?;
                     fresh.in_flight = true;
-                    let out = {
-                        let $c = fresh.conn();
-                        $body.await
-                    };
+                    let out = $crate::session::run_wrapped!(fresh, |$c| $body);
                     fresh.in_flight = false;
                     if let Err(e) = &out {
                         fresh.discard_if_broken(e);
@@ -248,6 +289,53 @@ macro_rules! on_statement_conn {
     };
 }
 pub(crate) use on_statement_conn;
+
+/// Runs `$body` with `$c: &mut PgConnection` on `$session`'s connection;
+/// behind a transaction-mode pooler inside a transaction of its own (see
+/// [`POOLED_BEGIN`]), committed if `$body` succeeded and rolled back if not.
+macro_rules! run_wrapped {
+    ($session:ident, |$c:ident| $body:expr) => {
+        async {
+            if $session.pooled() {
+                sqlx::raw_sql($crate::session::POOLED_BEGIN)
+                    .execute($session.conn())
+                    .await?;
+                let out = {
+                    let $c = $session.conn();
+                    $body.await
+                };
+                $crate::session::end_pooled($session.conn(), out).await
+            } else {
+                let $c = $session.conn();
+                $body.await
+            }
+        }
+        .await
+    };
+}
+pub(crate) use run_wrapped;
+
+/// Ends the transaction [`POOLED_BEGIN`] opened: commits after success (a
+/// failed commit is the result then), rolls back after an error. A
+/// connection left inside a transaction reports a non-database error, so
+/// the caller closes it.
+pub(crate) async fn end_pooled<T>(
+    conn: &mut PgConnection,
+    out: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
+    match (out, ended) {
+        (Ok(v), Ok(_)) => Ok(v),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Err(_), Err(end_err)) if is_dead(&end_err) => Err(end_err),
+        (Err(e), Err(_)) if !conn.is_in_transaction() => Err(e),
+        (Err(e), Err(end_err)) => Err(sqlx::Error::Protocol(format!(
+            "{e}; then the rollback failed ({end_err}), leaving a transaction open"
+        ))),
+    }
+}
 
 /// Errors that mean the connection is gone, not that the statement failed.
 pub(crate) fn is_dead(e: &sqlx::Error) -> bool {
@@ -268,6 +356,11 @@ pub(crate) fn is_dead(e: &sqlx::Error) -> bool {
 impl Session {
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("session holds its connection")
+    }
+
+    /// Whether the connection leads through a transaction-mode pooler.
+    pub(crate) fn pooled(&self) -> bool {
+        self.home.pooled
     }
 
     pub(crate) fn conn_ref(&self) -> &PgConnection {

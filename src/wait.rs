@@ -9,6 +9,12 @@
 //! on first need, beside the caller's pool, and reopened if it drops; after a
 //! reconnect every waiter is woken once, since notifications sent while the
 //! connection was down are lost.
+//!
+//! Behind a transaction-mode pooler without a session connection
+//! ([`LocksBuilder::session_options`](crate::LocksBuilder::session_options))
+//! there is no hub task: LISTEN would not work there. Topics are then never
+//! notified, and waiters wake at their own deadlines (the holder's expiry,
+//! at most `MAX_WAIT`), which every wait loop has anyway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -29,7 +35,8 @@ pub(crate) struct Hub {
     shutdown_rx: watch::Receiver<()>,
     /// The listening task, restarted if it ended (its runtime went away).
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    listen_pool: PgPool,
+    /// `None` when LISTEN cannot work (transaction-mode pooler).
+    listen_pool: Option<PgPool>,
 }
 
 #[derive(Debug)]
@@ -47,7 +54,7 @@ pub(crate) struct Topic {
 }
 
 impl Hub {
-    pub(crate) fn new(schema: String, listen_pool: PgPool) -> Hub {
+    pub(crate) fn new(schema: String, listen_pool: Option<PgPool>) -> Hub {
         let (tx, rx) = watch::channel(());
         Hub {
             state: Arc::new(HubState {
@@ -62,7 +69,13 @@ impl Hub {
         }
     }
 
-    /// Subscribes to wake-ups for `name`, once the LISTEN is in place.
+    /// Whether wake-ups come by NOTIFY; if not, waiters must poll.
+    pub(crate) fn listens(&self) -> bool {
+        self.listen_pool.is_some()
+    }
+
+    /// Subscribes to wake-ups for `name`, once the LISTEN is in place
+    /// (at once, and never woken, when there is no LISTEN).
     pub(crate) async fn subscribe(&self, name: &str) -> Result<Arc<Topic>> {
         let topic = {
             let mut topics = self.state.topics.lock().unwrap();
@@ -78,11 +91,14 @@ impl Hub {
                 }
             }
         };
+        let Some(listen_pool) = &self.listen_pool else {
+            return Ok(topic);
+        };
         {
             let mut task = self.task.lock().unwrap();
             if task.as_ref().is_none_or(|t| t.is_finished()) {
                 let state = self.state.clone();
-                let listen_pool = self.listen_pool.clone();
+                let listen_pool = listen_pool.clone();
                 let shutdown = self.shutdown_rx.clone();
                 // Waiters wait for this task's own first LISTEN.
                 self.state.connected.send_replace(0);

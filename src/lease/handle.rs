@@ -231,16 +231,15 @@ impl LeaseRef {
         let inner = &self.locks.inner;
         let s = &self.shared;
         let sent = Instant::now();
-        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-            inner.sql.lease_set_data.as_str()
-        ))
-        .bind(&s.pool)
-        .bind(&s.name)
-        .bind(s.token)
-        .bind(s.owner)
-        .bind(&data)
-        .bind(s.ttl.as_millis() as i64)
-        .fetch_optional(c))
+        let row = on_statement_conn!(inner.sessions, |c| inner
+            .query(sqlx::AssertSqlSafe(inner.sql.lease_set_data.as_str()))
+            .bind(&s.pool)
+            .bind(&s.name)
+            .bind(s.token)
+            .bind(s.owner)
+            .bind(&data)
+            .bind(s.ttl.as_millis() as i64)
+            .fetch_optional(c))
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
         match row {
@@ -281,7 +280,8 @@ impl LeaseRef {
         }
         self.shared.check()?;
         let inner = &self.locks.inner;
-        let result = sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_fence.as_str()))
+        let result = inner
+            .query(sqlx::AssertSqlSafe(inner.sql.lease_fence.as_str()))
             .bind(&self.shared.pool)
             .bind(&self.shared.name)
             .bind(self.shared.token)
@@ -352,13 +352,14 @@ impl LeaseRef {
             let notified = topic.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            let requested = on_statement_conn!(inner.sessions, |c| sqlx::query_scalar::<_, bool>(
-                sqlx::AssertSqlSafe(inner.sql.lease_release_requested.as_str(),)
-            )
-            .bind(&self.shared.pool)
-            .bind(&self.shared.name)
-            .bind(self.shared.token)
-            .fetch_optional(c))
+            let requested = on_statement_conn!(inner.sessions, |c| inner
+                .query_scalar::<bool>(sqlx::AssertSqlSafe(
+                    inner.sql.lease_release_requested.as_str(),
+                ))
+                .bind(&self.shared.pool)
+                .bind(&self.shared.name)
+                .bind(self.shared.token)
+                .fetch_optional(c))
             .await;
             if let Ok(Some(true)) = requested {
                 self.shared
@@ -366,9 +367,18 @@ impl LeaseRef {
                     .send_modify(|s| s.release_requested = true);
                 return;
             }
+            // Without LISTEN (transaction pooler), look again now and then.
+            let poll = async {
+                if inner.hub.listens() {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep(super::MAX_WAIT).await
+                }
+            };
             tokio::select! {
                 _ = notified => {}
                 _ = rx.changed() => {}
+                _ = poll => {}
             }
         }
     }
@@ -504,7 +514,7 @@ impl Lease {
         self.stop_keep_alive();
         let inner = &self.handle.locks.inner;
         let s = &self.handle.shared;
-        let row = finish_query(&inner.sql.item_complete, s, None)
+        let row = finish_query(&inner.sql.item_complete, s, None, !inner.transaction_pooler)
             .fetch_optional(conn)
             .await
             .map_err(|e| Error::from_db(e, &inner.schema))?;
@@ -579,7 +589,8 @@ async fn finish(h: &LeaseRef, statement: &str, notify: bool) -> Result<()> {
     let row = on_statement_conn!(inner.sessions, |c| finish_query(
         statement,
         s,
-        payload.as_deref()
+        payload.as_deref(),
+        !inner.transaction_pooler
     )
     .fetch_optional(c))
     .await
@@ -595,8 +606,10 @@ fn finish_query<'q>(
     statement: &'q str,
     s: &'q Shared,
     payload: Option<&'q str>,
+    persistent: bool,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .persistent(persistent)
         .bind(&s.pool)
         .bind(&s.name)
         .bind(s.token)

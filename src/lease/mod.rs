@@ -207,15 +207,14 @@ impl LeaseRequest {
         let holder = self.holder.as_deref().unwrap_or(&inner.holder);
         let pending = Pending::lease(&self.locks, &self.name, owner);
         let sent = Instant::now();
-        let row = on_statement_conn!(inner.sessions, |c| sqlx::query(sqlx::AssertSqlSafe(
-            inner.sql.lease_acquire.as_str()
-        ))
-        .bind(&self.name)
-        .bind(owner)
-        .bind(holder)
-        .bind(self.ttl.as_millis() as i64)
-        .bind(&self.data)
-        .fetch_optional(c))
+        let row = on_statement_conn!(inner.sessions, |c| inner
+            .query(sqlx::AssertSqlSafe(inner.sql.lease_acquire.as_str()))
+            .bind(&self.name)
+            .bind(owner)
+            .bind(holder)
+            .bind(self.ttl.as_millis() as i64)
+            .bind(&self.data)
+            .fetch_optional(c))
         .await
         .map_err(|e| Error::from_db(e, &inner.schema))?;
         pending.disarm();

@@ -67,7 +67,7 @@ impl Drop for Pending {
             let inner = &locks.inner;
             let done = match &undo {
                 Undo::Lease { name, owner } => on_statement_conn!(once inner.sessions, |c| {
-                    sqlx::query(sqlx::AssertSqlSafe(inner.sql.lease_abandon.as_str()))
+                    inner.query(sqlx::AssertSqlSafe(inner.sql.lease_abandon.as_str()))
                         .bind(name)
                         .bind(owner)
                         .bind(payload(&inner.schema, name))
@@ -75,7 +75,7 @@ impl Drop for Pending {
                 })
                 .await,
                 Undo::Item { pool, holder, owner } => on_statement_conn!(once inner.sessions, |c| {
-                    sqlx::query(sqlx::AssertSqlSafe(inner.sql.item_abandon.as_str()))
+                    inner.query(sqlx::AssertSqlSafe(inner.sql.item_abandon.as_str()))
                         .bind(pool)
                         .bind(holder)
                         .bind(owner)

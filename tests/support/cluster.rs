@@ -237,7 +237,7 @@ fn find_bin() -> PathBuf {
     })
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -245,7 +245,7 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-fn chown_postgres(dir: &Path) {
+pub fn chown_postgres(dir: &Path) {
     let ok = Command::new("chown")
         .args(["postgres:postgres", dir.to_str().unwrap()])
         .status()
@@ -258,7 +258,7 @@ fn chown_postgres(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pgbouncer;
 pub mod proxy;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
