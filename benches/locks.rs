@@ -17,8 +17,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgConnection;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 struct Stats {
     name: String,

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use pglock::Locks;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgConnection;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
 
 const SCHEMA: &str = "bench_pool";
