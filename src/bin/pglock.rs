@@ -176,7 +176,20 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
         },
         _ => Vec::new(),
     };
-    let ctx = connect(&cli, ui).await?;
+    // A signal while connecting stops pglock before anything is held
+    // (rather than reaching the command later).
+    let ctx = match signals.as_mut() {
+        Some(signals) => tokio::select! {
+            ctx = connect(&cli, ui) => ctx?,
+            sig = signals.recv() => {
+                return Err(Failure::new(
+                    sig.exit_code(),
+                    format!("stopped by SIG{} while connecting; nothing is held", sig.name()),
+                ));
+            }
+        },
+        None => connect(&cli, ui).await?,
+    };
     let result = match &cli.command {
         Command::Migrate => admin::migrate(&ctx).await,
         Command::Exec(args) => {

@@ -41,9 +41,13 @@ async fn exec_lease(
         request = request.data(data.clone());
     }
     let lease = if args.no_wait {
-        match request.try_acquire().await? {
-            Some(lease) => lease,
-            None => return Err(target.not_obtained(ctx, "--no-wait").await),
+        // Even one attempt yields to a signal: nothing is held yet.
+        match wait_for(ctx, &target, signals, request.try_acquire()).await {
+            Waited::Done(r) => match r? {
+                Some(lease) => lease,
+                None => return Err(target.not_obtained(ctx, "--no-wait").await),
+            },
+            Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
         }
     } else {
         if let Some(t) = args.timeout {
@@ -81,9 +85,12 @@ async fn exec_advisory(
         request = request.shared();
     }
     let guard = if args.no_wait {
-        match request.try_lock().await? {
-            Some(guard) => guard,
-            None => return Err(target.not_obtained(ctx, "--no-wait").await),
+        match wait_for(ctx, &target, signals, request.try_lock()).await {
+            Waited::Done(r) => match r? {
+                Some(guard) => guard,
+                None => return Err(target.not_obtained(ctx, "--no-wait").await),
+            },
+            Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
         }
     } else {
         if let Some(t) = args.timeout {
@@ -148,7 +155,12 @@ async fn exec_pool(
     loop {
         let mut claim = items.claim().ttl(args.ttl);
         let claimed = if args.no_wait {
-            claim.try_acquire().await
+            // A signal that came while the last item's command ran stops
+            // here, before the next claim.
+            match wait_for(ctx, &target, signals, claim.try_acquire()).await {
+                Waited::Done(r) => r,
+                Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
+            }
         } else {
             if let Some(t) = args.timeout {
                 claim = claim.timeout(t);
