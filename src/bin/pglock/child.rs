@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -138,7 +139,7 @@ where
     }
     let mut child = command.spawn().map_err(|e| not_started(program, &e))?;
     let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
-    // kill(1) signals a process group given as a negative pid.
+    // kill(2) signals a process group given as a negative pid.
     let target = if own_group {
         format!("-{pid}")
     } else {
@@ -219,23 +220,21 @@ where
 /// How often pglock looks whether a lost command's process group is empty.
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
-/// Sends `SIG<name>` to `target` (a pid, or `-pgid` for a process group)
-/// with kill(1). Returns whether it was delivered.
+/// Sends `SIG<name>` to `target` (a pid, or `-pgid` for a process group),
+/// with kill(2). Returns whether it was delivered.
 async fn send(target: &str, name: &str, ui: Ui) -> bool {
-    let sent = Command::new("kill")
-        .args([&format!("-{name}"), "--", target])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await;
-    match sent {
-        Ok(s) if s.success() => true,
-        // The command has just exited: nothing to signal.
-        Ok(s) => {
-            ui.detail(format_args!("kill -{name} {target}: {s}"));
-            false
-        }
+    let sig = match nix::sys::signal::Signal::from_str(&format!("SIG{name}")) {
+        Ok(sig) => sig,
         Err(e) => {
-            ui.error(format_args!("cannot run kill -{name} {target}: {e}"));
+            ui.error(format_args!("unknown signal SIG{name}: {e}"));
+            return false;
+        }
+    };
+    match kill(target, Some(sig)) {
+        Ok(()) => true,
+        // The command has just exited: nothing to signal.
+        Err(e) => {
+            ui.detail(format_args!("kill -{name} {target}: {e}"));
             false
         }
     }
@@ -243,12 +242,13 @@ async fn send(target: &str, name: &str, ui: Ui) -> bool {
 
 /// Whether any process of the group `target` (`-pgid`) is still alive.
 async fn group_alive(target: &str) -> bool {
-    Command::new("kill")
-        .args(["-0", "--", target])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
+    kill(target, None).is_ok()
+}
+
+/// kill(2) on a pid, or on a process group given as `-pgid`.
+fn kill(target: &str, sig: Option<nix::sys::signal::Signal>) -> nix::Result<()> {
+    let pid: i32 = target.parse().map_err(|_| nix::errno::Errno::EINVAL)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
 }
 
 /// Whether pglock runs in the foreground process group of a terminal, where
