@@ -164,29 +164,14 @@ impl Advisory {
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut armed = Armed(Some(self.session(deadline).await?));
-        let (k, text) = self.key.binds();
-        let query = match deadline {
-            None => sqlx::query(if self.shared {
-                sql::ADVISORY_LOCK_SHARED
-            } else {
-                sql::ADVISORY_LOCK
-            })
-            .bind(k)
-            .bind(text),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // 0 would mean "no timeout": round up to the first millisecond.
-                let lock_timeout = format!("{}ms", left.as_millis().max(1));
-                sqlx::query(if self.shared {
-                    sql::ADVISORY_LOCK_SHARED_TIMED
-                } else {
-                    sql::ADVISORY_LOCK_TIMED
-                })
-                .bind(k)
-                .bind(text)
-                .bind(lock_timeout)
-            }
-        };
+        let stmt = sql::ADVISORY_LOCK[self.key.is_text() as usize][self.shared as usize]
+            [deadline.is_some() as usize];
+        let mut query = self.key.bind(sqlx::query(stmt));
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            // 0 would mean "no timeout": round up to the first millisecond.
+            query = query.bind(format!("{}ms", left.as_millis().max(1)));
+        }
         let row = query.fetch_one(armed.conn()).await;
         match row {
             Ok(row) => {
@@ -220,15 +205,10 @@ impl Advisory {
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut armed = Armed(Some(self.session(deadline).await?));
-        let (k, text) = self.key.binds();
-        let stmt = if self.shared {
-            sql::ADVISORY_TRY_LOCK_SHARED
-        } else {
-            sql::ADVISORY_TRY_LOCK
-        };
-        let row = sqlx::query(stmt)
-            .bind(k)
-            .bind(text)
+        let stmt = sql::ADVISORY_TRY_LOCK[self.key.is_text() as usize][self.shared as usize];
+        let row = self
+            .key
+            .bind(sqlx::query(stmt))
             .fetch_one(armed.conn())
             .await?;
         if row.try_get::<bool, _>(1)? {

@@ -47,7 +47,23 @@ impl AdvisoryKey {
         }
     }
 
-    /// The two bind parameters of every advisory statement:
+    pub(crate) fn is_text(&self) -> bool {
+        matches!(self, AdvisoryKey::Text(_))
+    }
+
+    /// Binds the key as `$1`: `int8` for an integer key, `text` for a
+    /// string key (the statement hashes it).
+    pub(crate) fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            AdvisoryKey::Int(k) => query.bind(*k),
+            AdvisoryKey::Text(s) => query.bind(s.as_str()),
+        }
+    }
+
+    /// The two bind parameters of the transaction-lock statements:
     /// `coalesce($1::int8, hashtextextended($2, 0))`.
     pub(crate) fn binds(&self) -> (Option<i64>, Option<&str>) {
         match self {

@@ -7,35 +7,50 @@
 //! one of them NULL: `coalesce($1, hashtextextended($2, 0))` is the key, so
 //! string keys are hashed by the server exactly as `psql` would.
 
-/// Session lock, waiting in the server (no client polling). pglock's
-/// sessions have `lock_timeout = 0`, so this waits as long as it takes. The
-/// numeric key lets the unlock be sent as a literal.
-pub(crate) const ADVISORY_LOCK: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     pg_advisory_lock(coalesce($1, hashtextextended($2, 0)))::text";
+/// Session lock statements, by `[text key][shared][timed]`. Column 0 is the
+/// numeric key (a text key is hashed by the server); the unlock sends it
+/// back. The lock waits in the server, no client polling: pglock's sessions
+/// have `lock_timeout = 0`; a timed lock puts its own in force first — the
+/// target list is evaluated left to right, and `set_config(.., true)` lasts
+/// only for this statement's implicit transaction. An integer key travels
+/// as `$1 int8`, a text key as `$1 text`; the timeout is `$2`.
+pub(crate) const ADVISORY_LOCK: [[[&str; 2]; 2]; 2] = [
+    [
+        [
+            "SELECT $1::int8, pg_advisory_lock($1)::text",
+            "SELECT $1::int8, set_config('lock_timeout', $2, true), pg_advisory_lock($1)::text",
+        ],
+        [
+            "SELECT $1::int8, pg_advisory_lock_shared($1)::text",
+            "SELECT $1::int8, set_config('lock_timeout', $2, true), pg_advisory_lock_shared($1)::text",
+        ],
+    ],
+    [
+        [
+            "SELECT hashtextextended($1, 0), pg_advisory_lock(hashtextextended($1, 0))::text",
+            "SELECT hashtextextended($1, 0), set_config('lock_timeout', $2, true), \
+             pg_advisory_lock(hashtextextended($1, 0))::text",
+        ],
+        [
+            "SELECT hashtextextended($1, 0), pg_advisory_lock_shared(hashtextextended($1, 0))::text",
+            "SELECT hashtextextended($1, 0), set_config('lock_timeout', $2, true), \
+             pg_advisory_lock_shared(hashtextextended($1, 0))::text",
+        ],
+    ],
+];
 
-/// Shared variant of [`ADVISORY_LOCK`].
-pub(crate) const ADVISORY_LOCK_SHARED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     pg_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
-
-/// Session lock with a timeout. The target list is evaluated left to right:
-/// `set_config(.., true)` puts `lock_timeout` in force, for this statement's
-/// implicit transaction only, before the lock wait starts.
-pub(crate) const ADVISORY_LOCK_TIMED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     set_config('lock_timeout', $3, true), \
-     pg_advisory_lock(coalesce($1, hashtextextended($2, 0)))::text";
-
-/// Shared variant of [`ADVISORY_LOCK_TIMED`].
-pub(crate) const ADVISORY_LOCK_SHARED_TIMED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     set_config('lock_timeout', $3, true), \
-     pg_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
-
-/// One attempt, no wait.
-pub(crate) const ADVISORY_TRY_LOCK: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     pg_try_advisory_lock(coalesce($1, hashtextextended($2, 0)))";
-
-/// Shared variant of [`ADVISORY_TRY_LOCK`].
-pub(crate) const ADVISORY_TRY_LOCK_SHARED: &str = "SELECT coalesce($1, hashtextextended($2, 0)), \
-     pg_try_advisory_lock_shared(coalesce($1, hashtextextended($2, 0)))";
+/// One attempt, no wait, by `[text key][shared]`: the numeric key, and
+/// whether the lock was taken.
+pub(crate) const ADVISORY_TRY_LOCK: [[&str; 2]; 2] = [
+    [
+        "SELECT $1::int8, pg_try_advisory_lock($1)",
+        "SELECT $1::int8, pg_try_advisory_lock_shared($1)",
+    ],
+    [
+        "SELECT hashtextextended($1, 0), pg_try_advisory_lock(hashtextextended($1, 0))",
+        "SELECT hashtextextended($1, 0), pg_try_advisory_lock_shared(hashtextextended($1, 0))",
+    ],
+];
 
 /// Release; `false` means this session did not hold the lock.
 pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
