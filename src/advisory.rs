@@ -163,7 +163,11 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let mut armed = Armed(Some(self.session(deadline).await?));
+        // In flight until the answer is read: dropped before (cancelled) or
+        // after an error, the session is closed, since the lock may have
+        // been granted (the server can report 55P03 after granting).
+        let mut session = self.session(deadline).await?;
+        session.in_flight = true;
         let stmt = sql::ADVISORY_LOCK[self.key.is_text() as usize][self.shared as usize]
             [deadline.is_some() as usize];
         let mut query = self.key.bind(sqlx::query(stmt));
@@ -172,14 +176,13 @@ impl Advisory {
             // 0 would mean "no timeout": round up to the first millisecond.
             query = query.bind(format!("{}ms", left.as_millis().max(1)));
         }
-        let row = query.fetch_one(armed.conn()).await;
+        let row = query.fetch_one(session.conn()).await;
         match row {
             Ok(row) => {
                 let key = row.try_get(0)?;
-                Ok(self.guard(armed.disarm(), key))
+                session.in_flight = false;
+                Ok(self.guard(session, key))
             }
-            // `armed` closes the session: after an error we cannot be sure
-            // the lock was not granted.
             Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => Err(Error::Timeout {
                 what: self.what(),
                 waited: self.timeout.unwrap_or_default(),
@@ -204,20 +207,18 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let mut armed = Armed(Some(self.session(deadline).await?));
+        let mut session = self.session(deadline).await?;
+        session.in_flight = true;
         let stmt = sql::ADVISORY_TRY_LOCK[self.key.is_text() as usize][self.shared as usize];
         let row = self
             .key
             .bind(sqlx::query(stmt))
-            .fetch_one(armed.conn())
+            .fetch_one(session.conn())
             .await?;
-        if row.try_get::<bool, _>(1)? {
-            Ok(Some(self.guard(armed.disarm(), row.try_get(0)?)))
-        } else {
-            // Nothing held: the session goes back for reuse.
-            drop(armed.disarm());
-            Ok(None)
-        }
+        let (key, taken): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
+        session.in_flight = false;
+        // Not taken: nothing held, the session goes back for reuse.
+        Ok(taken.then(|| self.guard(session, key)))
     }
 
     /// Takes the lock for the rest of the transaction open on `conn`
@@ -245,38 +246,13 @@ impl Advisory {
         if !conn.is_in_transaction() {
             return Err(not_in_transaction());
         }
-        let (k, text) = self.key.binds();
-        let result = match self.timeout {
-            None => {
-                let stmt = if self.shared {
-                    sql::ADVISORY_XACT_LOCK_SHARED
-                } else {
-                    sql::ADVISORY_XACT_LOCK
-                };
-                self.locks
-                    .inner
-                    .query(stmt)
-                    .bind(k)
-                    .bind(text)
-                    .execute(conn)
-                    .await
-            }
-            Some(t) => {
-                let stmt = if self.shared {
-                    sql::ADVISORY_XACT_LOCK_SHARED_TIMED
-                } else {
-                    sql::ADVISORY_XACT_LOCK_TIMED
-                };
-                self.locks
-                    .inner
-                    .query(stmt)
-                    .bind(k)
-                    .bind(text)
-                    .bind(format!("{}ms", t.as_millis().max(1)))
-                    .execute(conn)
-                    .await
-            }
-        };
+        let stmt = sql::ADVISORY_XACT_LOCK[self.key.is_text() as usize][self.shared as usize]
+            [self.timeout.is_some() as usize];
+        let mut query = self.key.bind(self.locks.inner.query(stmt));
+        if let Some(t) = self.timeout {
+            query = query.bind(format!("{}ms", t.as_millis().max(1)));
+        }
+        let result = query.execute(conn).await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if sqlstate(&e).as_deref() == Some(LOCK_NOT_AVAILABLE) => Err(Error::Timeout {
@@ -303,20 +279,13 @@ impl Advisory {
         if !conn.is_in_transaction() {
             return Err(not_in_transaction());
         }
-        let (k, text) = self.key.binds();
-        let stmt = if self.shared {
-            sql::ADVISORY_XACT_TRY_LOCK_SHARED
-        } else {
-            sql::ADVISORY_XACT_TRY_LOCK
-        };
-        Ok(self
-            .locks
-            .inner
-            .query_scalar(stmt)
-            .bind(k)
-            .bind(text)
+        let stmt = sql::ADVISORY_XACT_TRY_LOCK[self.key.is_text() as usize][self.shared as usize];
+        let row = self
+            .key
+            .bind(self.locks.inner.query(stmt))
             .fetch_one(conn)
-            .await?)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// A free session (waits while `max_sessions` guards are held).
@@ -359,31 +328,6 @@ fn not_in_transaction() -> Error {
          (pool.begin() or conn.begin(), then call it with &mut *tx); \
          in autocommit mode the lock would end with the statement",
     )
-}
-
-/// A session whose state is unknown until disarmed: dropped armed, it is
-/// closed rather than reused, and the server releases what it held.
-struct Armed(Option<Session>);
-
-impl Armed {
-    fn conn(&mut self) -> &mut PgConnection {
-        self.0
-            .as_mut()
-            .expect("armed session present until disarmed")
-            .conn()
-    }
-
-    fn disarm(mut self) -> Session {
-        self.0.take().expect("armed session present until disarmed")
-    }
-}
-
-impl Drop for Armed {
-    fn drop(&mut self) {
-        if let Some(mut session) = self.0.take() {
-            session.discard();
-        }
-    }
 }
 
 /// A held advisory lock. Derefs to the session ([`PgConnection`]) that holds
@@ -527,7 +471,8 @@ async fn unlock(
     shared: bool,
     used: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
-    let mut armed = Armed(Some(session));
+    let mut session = session;
+    session.in_flight = true;
     let stmt = if shared {
         sql::ADVISORY_UNLOCK_SHARED
     } else {
@@ -535,7 +480,7 @@ async fn unlock(
     };
     let query = sqlx::query_scalar::<_, bool>(stmt)
         .bind(key)
-        .fetch_one(armed.conn());
+        .fetch_one(session.conn());
     let held = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
         Ok(held) => held?,
         Err(_) => {
@@ -545,9 +490,9 @@ async fn unlock(
             )));
         }
     };
-    if held && !used {
-        drop(armed.disarm());
-    }
+    // Reused only after a confirmed unlock on a session the caller never
+    // touched.
+    session.in_flight = !held || used;
     Ok(held)
 }
 
@@ -576,17 +521,17 @@ impl DerefMut for AdvisoryGuard {
 
 impl Drop for AdvisoryGuard {
     fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
+        let Some(mut session) = self.session.take() else {
             return;
         };
-        // Armed until the unlock succeeds: if the task never runs (runtime
-        // shutting down) the session is closed, not reused.
-        let armed = Armed(Some(session));
+        // In flight until the unlock succeeds: if the task never runs
+        // (runtime shutting down) the session is closed, not reused.
+        session.in_flight = true;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let key = self.key.clone();
             let (k, shared, used) = (self.id.key, self.shared, self.used);
             rt.spawn(async move {
-                if let Err(e) = unlock(armed.disarm(), k, shared, used).await {
+                if let Err(e) = unlock(session, k, shared, used).await {
                     tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
                 }
             });

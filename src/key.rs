@@ -62,15 +62,6 @@ impl AdvisoryKey {
             AdvisoryKey::Text(s) => query.bind(s.as_str()),
         }
     }
-
-    /// The two bind parameters of the transaction-lock statements:
-    /// `coalesce($1::int8, hashtextextended($2, 0))`.
-    pub(crate) fn binds(&self) -> (Option<i64>, Option<&str>) {
-        match self {
-            AdvisoryKey::Int(k) => (Some(*k), None),
-            AdvisoryKey::Text(s) => (None, Some(s.as_str())),
-        }
-    }
 }
 
 impl fmt::Display for AdvisoryKey {

@@ -92,8 +92,10 @@ pub(crate) struct Session {
     conn: Option<PgConnection>,
     /// The server session behind `conn`.
     pub(crate) id: ConnId,
-    /// Set while a statement runs: dropped then (a cancelled or timed-out
-    /// caller), the connection's state is unknown and it is closed.
+    /// Set while the connection's state is unknown — a statement runs, or a
+    /// lock may have been granted but not yet confirmed or released.
+    /// Dropped then (a cancelled or timed-out caller), it is closed, never
+    /// reused, and the server drops whatever it held.
     pub(crate) in_flight: bool,
     /// Whether the connection was reused (not freshly opened).
     pub(crate) reused: bool,
@@ -164,24 +166,27 @@ impl Sessions {
             if since.elapsed() > PING_AFTER_IDLE && conn.ping().await.is_err() {
                 continue;
             }
-            return Ok(Session {
-                conn: Some(conn),
-                id,
-                in_flight: false,
-                reused: true,
-                home: self.clone(),
-                permit: Some(permit),
-            });
+            return Ok(self.session(conn, id, true, permit));
         }
         let (conn, id) = self.connect().await?;
-        Ok(Session {
+        Ok(self.session(conn, id, false, permit))
+    }
+
+    fn session(
+        self: &Arc<Self>,
+        conn: PgConnection,
+        id: ConnId,
+        reused: bool,
+        permit: OwnedSemaphorePermit,
+    ) -> Session {
+        Session {
             conn: Some(conn),
             id,
             in_flight: false,
-            reused: false,
+            reused,
             home: self.clone(),
             permit: Some(permit),
-        })
+        }
     }
 
     /// Replaces `old`'s connection, which turned out dead, with a new one,
@@ -193,45 +198,32 @@ impl Sessions {
         old.discard();
         let permit = old.permit.take().expect("a session holds its permit");
         let (conn, id) = self.connect().await?;
-        Ok(Session {
-            conn: Some(conn),
-            id,
-            in_flight: false,
-            reused: false,
-            home: self.clone(),
-            permit: Some(permit),
-        })
+        Ok(self.session(conn, id, false, permit))
     }
 
     async fn connect(&self) -> Result<(PgConnection, ConnId), sqlx::Error> {
         let mut conn = PgConnection::connect_with(&self.options).await?;
-        if self.pooled {
-            // No session state through a transaction pooler: see
-            // SESSION_SETUP_POOLED. client_connection_check_interval is
-            // skipped for the same reason; it only matters for sessions
-            // that wait for advisory locks, which never run here.
-            let row = sqlx::raw_sql(SESSION_SETUP_POOLED)
-                .fetch_one(&mut conn)
-                .await?;
-            let id = ConnId {
-                pid: row.try_get(0)?,
-                started: row.try_get(1)?,
-            };
-            return Ok((conn, id));
-        }
         // An acquisition must be on disk before its token is handed out:
         // with synchronous_commit = off a crash can forget a committed
         // acquire, and the token sequence then hands the same token out
-        // again. Stronger settings (remote_write, remote_apply) are kept.
-        let row = sqlx::raw_sql(SESSION_SETUP).fetch_one(&mut conn).await?;
+        // again (SESSION_SETUP). Through a transaction pooler no session
+        // state is set at all (SESSION_SETUP_POOLED).
+        let setup = if self.pooled {
+            SESSION_SETUP_POOLED
+        } else {
+            SESSION_SETUP
+        };
+        let row = sqlx::raw_sql(setup).fetch_one(&mut conn).await?;
         let id = ConnId {
             pid: row.try_get(0)?,
             started: row.try_get(1)?,
         };
         // A session whose client went away (a cancelled lock() closes its
         // socket) ends within 250 ms even while it waits for a lock, and so
-        // releases everything it held or was about to be granted.
-        if conn.server_version_num().unwrap_or(0) >= 140_000 {
+        // releases everything it held or was about to be granted. Not
+        // through a transaction pooler: it only matters for sessions that
+        // wait for advisory locks, which never run there.
+        if !self.pooled && conn.server_version_num().unwrap_or(0) >= 140_000 {
             conn.execute("SET client_connection_check_interval = 250")
                 .await?;
         }
@@ -252,50 +244,35 @@ macro_rules! on_statement_conn {
     (once $sessions:expr, |$c:ident| $body:expr) => {
         async {
             let mut session = $sessions.statement().await?;
-            session.in_flight = true;
             let out = $crate::session::run_wrapped!(session, |$c| $body);
-            session.in_flight = false;
-            if let Err(e) = &out {
-                session.discard_if_broken(e);
-            }
-            out
+            session.keep_if_sound(out)
         }
     };
     ($sessions:expr, |$c:ident| $body:expr) => {
         async {
             let sessions = &$sessions;
             let mut session = sessions.statement().await?;
-            session.in_flight = true;
-            let first = $crate::session::run_wrapped!(session, |$c| $body);
-            session.in_flight = false;
-            match first {
+            match $crate::session::run_wrapped!(session, |$c| $body) {
                 Err(e) if session.reused && $crate::session::is_dead(&e) => {
                     let mut fresh = sessions.reconnect(session).await?;
-                    fresh.in_flight = true;
                     let out = $crate::session::run_wrapped!(fresh, |$c| $body);
-                    fresh.in_flight = false;
-                    if let Err(e) = &out {
-                        fresh.discard_if_broken(e);
-                    }
-                    out
+                    fresh.keep_if_sound(out)
                 }
-                Err(e) => {
-                    session.discard_if_broken(&e);
-                    Err(e)
-                }
-                ok => ok,
+                out => session.keep_if_sound(out),
             }
         }
     };
 }
 pub(crate) use on_statement_conn;
 
-/// Runs `$body` with `$c: &mut PgConnection` on `$session`'s connection;
-/// behind a transaction-mode pooler inside a transaction of its own (see
+/// Runs `$body` with `$c: &mut PgConnection` on `$session`'s connection,
+/// marked in flight meanwhile (dropped then, it is closed); behind a
+/// transaction-mode pooler inside a transaction of its own (see
 /// [`POOLED_BEGIN`]), committed if `$body` succeeded and rolled back if not.
 macro_rules! run_wrapped {
-    ($session:ident, |$c:ident| $body:expr) => {
-        async {
+    ($session:ident, |$c:ident| $body:expr) => {{
+        $session.in_flight = true;
+        let out = async {
             if $session.pooled() {
                 sqlx::raw_sql($crate::session::POOLED_BEGIN)
                     .execute($session.conn())
@@ -310,8 +287,10 @@ macro_rules! run_wrapped {
                 $body.await
             }
         }
-        .await
-    };
+        .await;
+        $session.in_flight = false;
+        out
+    }};
 }
 pub(crate) use run_wrapped;
 
@@ -372,6 +351,18 @@ impl Session {
         if let Some(conn) = self.conn.take() {
             close(conn);
         }
+    }
+
+    /// Passes `out` through; after an error that leaves the connection in
+    /// doubt, closes it (see [`Session::discard_if_broken`]).
+    pub(crate) fn keep_if_sound<T>(
+        &mut self,
+        out: Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        if let Err(e) = &out {
+            self.discard_if_broken(e);
+        }
+        out
     }
 
     /// Discards the connection unless `e` is an ordinary statement error on

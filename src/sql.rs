@@ -3,9 +3,10 @@
 //! quoted schema replaces `{schema}` once, when a [`Locks`](crate::Locks) is
 //! built (see `Statements`).
 //!
-//! Advisory keys always travel as two parameters, `$1 int8` and `$2 text`,
-//! one of them NULL: `coalesce($1, hashtextextended($2, 0))` is the key, so
-//! string keys are hashed by the server exactly as `psql` would.
+//! An advisory key travels as `$1`: an `int8` as is, a string as `text`
+//! that the statement hashes with `hashtextextended($1, 0)`, exactly as
+//! `psql` would. The advisory statements come in tables indexed by key kind
+//! (and mode), so each statement binds one kind.
 
 /// Session lock statements, by `[text key][shared][timed]`. Column 0 is the
 /// numeric key (a text key is hashed by the server); the unlock sends it
@@ -66,35 +67,57 @@ pub(crate) const ADVISORY_HELD_BY: &str = "SELECT pg_postmaster_start_time() = $
      WHERE locktype = 'advisory' AND pid = $1 AND granted AND objsubid = 1 \
        AND ((classid::int8 << 32) | objid::int8) = $3)";
 
-/// Transaction lock under the transaction's own `lock_timeout`.
-pub(crate) const ADVISORY_XACT_LOCK: &str =
-    "SELECT pg_advisory_xact_lock(coalesce($1, hashtextextended($2, 0)))::text";
+/// Transaction locks, by `[text key][shared][timed]`, keys bound as for
+/// [`ADVISORY_LOCK`]. Untimed, the transaction's own `lock_timeout` applies.
+/// Timed, one statement leaves the caller's `lock_timeout` as it was: the
+/// LATERAL references force the order (read the old value, set ours, wait
+/// for the lock, put the old one back).
+pub(crate) const ADVISORY_XACT_LOCK: [[[&str; 2]; 2]; 2] = [
+    [
+        [
+            "SELECT pg_advisory_xact_lock($1)::text",
+            "SELECT set_config('lock_timeout', s.old, true) \
+             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
+             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
+             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock($1)::text AS l, a.t OFFSET 0) l",
+        ],
+        [
+            "SELECT pg_advisory_xact_lock_shared($1)::text",
+            "SELECT set_config('lock_timeout', s.old, true) \
+             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
+             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
+             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared($1)::text AS l, a.t OFFSET 0) l",
+        ],
+    ],
+    [
+        [
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text",
+            "SELECT set_config('lock_timeout', s.old, true) \
+             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
+             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
+             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l",
+        ],
+        [
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text",
+            "SELECT set_config('lock_timeout', s.old, true) \
+             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
+             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
+             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l",
+        ],
+    ],
+];
 
-/// Shared variant of [`ADVISORY_XACT_LOCK`].
-pub(crate) const ADVISORY_XACT_LOCK_SHARED: &str =
-    "SELECT pg_advisory_xact_lock_shared(coalesce($1, hashtextextended($2, 0)))::text";
-
-/// Transaction lock with a timeout, in one statement that leaves the
-/// caller's `lock_timeout` as it was: the LATERAL references force the order
-/// (read the old value, set ours, wait for the lock, put the old one back).
-pub(crate) const ADVISORY_XACT_LOCK_TIMED: &str = "SELECT set_config('lock_timeout', s.old, true) \
-     FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-     CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $3 || left(s.old, 0), true) AS t OFFSET 0) a \
-     CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(coalesce($1, hashtextextended($2, 0)))::text AS l, a.t OFFSET 0) l";
-
-/// Shared variant of [`ADVISORY_XACT_LOCK_TIMED`].
-pub(crate) const ADVISORY_XACT_LOCK_SHARED_TIMED: &str = "SELECT set_config('lock_timeout', s.old, true) \
-     FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-     CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $3 || left(s.old, 0), true) AS t OFFSET 0) a \
-     CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(coalesce($1, hashtextextended($2, 0)))::text AS l, a.t OFFSET 0) l";
-
-/// One transaction-lock attempt, no wait.
-pub(crate) const ADVISORY_XACT_TRY_LOCK: &str =
-    "SELECT pg_try_advisory_xact_lock(coalesce($1, hashtextextended($2, 0)))";
-
-/// Shared variant of [`ADVISORY_XACT_TRY_LOCK`].
-pub(crate) const ADVISORY_XACT_TRY_LOCK_SHARED: &str =
-    "SELECT pg_try_advisory_xact_lock_shared(coalesce($1, hashtextextended($2, 0)))";
+/// One transaction-lock attempt, no wait, by `[text key][shared]`.
+pub(crate) const ADVISORY_XACT_TRY_LOCK: [[&str; 2]; 2] = [
+    [
+        "SELECT pg_try_advisory_xact_lock($1)",
+        "SELECT pg_try_advisory_xact_lock_shared($1)",
+    ],
+    [
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+        "SELECT pg_try_advisory_xact_lock_shared(hashtextextended($1, 0))",
+    ],
+];
 
 /// The NOTIFY channel of every pglock schema on a database. Payloads are
 /// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
