@@ -2,14 +2,11 @@
 
 mod support;
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use pglock::{AdvisoryGuard, Error, Locks};
 use sqlx::Connection;
-use support::{advisory_rows, assert_released, db, text_key};
+use support::{advisory_rows, assert_released, db, poll_then_drop, text_key};
 
 fn unique_key() -> String {
     format!("key-{}", uuid::Uuid::new_v4())
@@ -274,23 +271,6 @@ async fn max_sessions_bounds_held_locks() {
         .release()
         .await
         .unwrap();
-}
-
-/// Polls `fut` `polls` times, letting the runtime run in between, then drops it.
-async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    for _ in 0..polls {
-        let out = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-            Poll::Ready(v) => Poll::Ready(Some(v)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        if out.is_some() {
-            return out;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    None
 }
 
 #[tokio::test]
