@@ -54,11 +54,9 @@ use uuid::Uuid;
 use crate::Locks;
 use crate::error::{Error, Result};
 use crate::key::validate_name;
-use crate::lease::{
-    DEFAULT_TTL, Lease, MAX_WAIT, Pending, Shared, jitter, validate_timeout, validate_ttl, within,
-};
+use crate::lease::{DEFAULT_TTL, Lease, Pending, Shared, validate_timeout, validate_ttl, within};
 use crate::session::on_statement_conn;
-use crate::wait::pool_topic;
+use crate::wait::{Look, pool_topic, until_done};
 
 /// Most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 10_000;
@@ -361,33 +359,16 @@ impl Claim {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let what = format!("an item of pool {:?}", self.pool.name);
-        let wait = async {
-            let topic = self
-                .pool
-                .locks
-                .inner
-                .hub
-                .subscribe(&pool_topic(&self.pool.name))
-                .await?;
-            loop {
-                let notified = topic.notify.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                let retry_in = match self.attempt().await? {
-                    Outcome::Claimed(lease) => return Ok(lease),
-                    Outcome::Drained => {
-                        return Err(Error::PoolDrained {
-                            pool: self.pool.name.clone(),
-                        });
-                    }
-                    Outcome::Wait(d) => d,
-                };
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
-                }
+        let (hub, topic) = (&self.pool.locks.inner.hub, pool_topic(&self.pool.name));
+        let wait = until_done(hub, &topic, || async {
+            match self.attempt().await? {
+                Outcome::Claimed(lease) => Ok(Look::Done(lease)),
+                Outcome::Drained => Err(Error::PoolDrained {
+                    pool: self.pool.name.clone(),
+                }),
+                Outcome::Wait(d) => Ok(Look::Again(d)),
             }
-        };
+        });
         within(deadline, self.timeout, what, wait).await
     }
 

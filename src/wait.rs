@@ -1,11 +1,12 @@
 //! Waking waiters: one LISTEN connection per [`Locks`](crate::Locks), shared
 //! by every task that waits for a lease or a pool item.
 //!
-//! Release, complete, force-release and request-release send
+//! Release, force-release and request-release send
 //! `NOTIFY pglock, '<schema>:<name>'` in the same statement as the change.
 //! The hub's task receives it and wakes the waiters of that name (and only
-//! them). A waiter subscribes *before* it looks at the row, so a release
-//! between its look and its sleep is never missed. The connection is opened
+//! them). A waiter ([`until_done`]) subscribes after its first look fails
+//! and before every later look, so a release between a look and the sleep
+//! that follows is never missed. The connection is opened
 //! on first need, beside the caller's pool, and reopened if it drops; after a
 //! reconnect every waiter is woken once, since notifications sent while the
 //! connection was down are lost.
@@ -213,4 +214,51 @@ pub(crate) fn lease_topic(pool: &str, name: &str) -> String {
 /// The topic of a pool's claimers: `\x1f<pool>`.
 pub(crate) fn pool_topic(pool: &str) -> String {
     format!("\u{1f}{pool}")
+}
+
+/// Longest a waiter sleeps between looks: a safety net for a wake-up lost
+/// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// What one look at the database found.
+pub(crate) enum Look<T> {
+    /// Got it.
+    Done(T),
+    /// Not now: look again after this long, or when woken.
+    Again(Duration),
+}
+
+/// Looks with `attempt` until it is done, sleeping between looks until
+/// `topic` is notified or the time the last look asked for (at most
+/// [`MAX_WAIT`], plus jitter) has passed. Subscribes only after a first
+/// look failed, and looks once more right after subscribing, so a wake-up
+/// sent between the two is never missed and an uncontended wait starts no
+/// LISTEN connection.
+pub(crate) async fn until_done<T, F, Fut>(hub: &Hub, topic: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Look<T>>>,
+{
+    if let Look::Done(v) = attempt().await? {
+        return Ok(v);
+    }
+    let topic = hub.subscribe(topic).await?;
+    loop {
+        let notified = topic.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let retry_in = match attempt().await? {
+            Look::Done(v) => return Ok(v),
+            Look::Again(d) => d,
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
+        }
+    }
+}
+
+/// 0–25 ms, so waiters woken at one expiry do not all arrive at once.
+pub(crate) fn jitter() -> Duration {
+    Duration::from_micros((uuid::Uuid::new_v4().as_u128() % 25_000) as u64)
 }

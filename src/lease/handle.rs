@@ -372,7 +372,7 @@ impl LeaseRef {
                 if inner.hub.listens() {
                     std::future::pending::<()>().await
                 } else {
-                    tokio::time::sleep(super::MAX_WAIT).await
+                    tokio::time::sleep(crate::wait::MAX_WAIT).await
                 }
             };
             tokio::select! {

@@ -54,6 +54,7 @@ use crate::Locks;
 use crate::error::{Error, Result};
 use crate::key::validate_name;
 use crate::session::on_statement_conn;
+use crate::wait::{Look, MAX_WAIT, until_done};
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -182,22 +183,12 @@ impl LeaseRequest {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let what = format!("lease {:?}", self.name);
-        let wait = async {
-            let topic = self.locks.inner.hub.subscribe(&self.name).await?;
-            loop {
-                let notified = topic.notify.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                let retry_in = match self.attempt().await? {
-                    Attempt::Acquired(lease) => return Ok(lease),
-                    Attempt::Held { retry_in, .. } => retry_in,
-                };
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
-                }
-            }
-        };
+        let wait = until_done(&self.locks.inner.hub, &self.name, || async {
+            Ok(match self.attempt().await? {
+                Attempt::Acquired(lease) => Look::Done(lease),
+                Attempt::Held { retry_in, .. } => Look::Again(retry_in),
+            })
+        });
         within(deadline, self.timeout, what, wait).await
     }
 
@@ -301,10 +292,6 @@ pub(crate) enum Attempt {
 /// Shortest pause before a waiter looks again at a lease it could not take.
 const MIN_RETRY: Duration = Duration::from_millis(10);
 
-/// Longest a waiter sleeps between looks: a safety net for a wake-up lost
-/// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
-
 /// Awaits `fut`, turning an elapsed `deadline` into [`Error::Timeout`].
 pub(crate) async fn within<T>(
     deadline: Option<Instant>,
@@ -321,11 +308,6 @@ pub(crate) async fn within<T>(
             })
         }),
     }
-}
-
-/// 0–25 ms, so waiters woken at one expiry do not all arrive at once.
-pub(crate) fn jitter() -> Duration {
-    Duration::from_micros((Uuid::new_v4().as_u128() % 25_000) as u64)
 }
 
 /// The holder's share of a TTL: 90%, counted from before the request was
