@@ -285,13 +285,6 @@ pub struct Claim {
     max_slot: Option<i32>,
 }
 
-enum Outcome {
-    Claimed(Lease),
-    /// Nothing claimable now: retry after this long (or on a wake-up).
-    Wait(Duration),
-    Drained,
-}
-
 impl Claim {
     /// The lease TTL of the claimed item (default 30 s; 100 ms to 30 days).
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -337,14 +330,16 @@ impl Claim {
     /// [`Error::Database`].
     pub async fn try_acquire(self) -> Result<Option<Lease>> {
         self.validate()?;
-        match self.attempt().await? {
-            Outcome::Claimed(lease) => Ok(Some(lease)),
-            Outcome::Wait(_) | Outcome::Drained => Ok(None),
+        match self.attempt().await {
+            Ok(Look::Done(lease)) => Ok(Some(lease)),
+            Ok(Look::Again(_)) | Err(Error::PoolDrained { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
     /// Waits for a free item and claims it. Wakes when an item is released
-    /// or completed (NOTIFY) and when a held item expires.
+    /// (NOTIFY), when a held item expires, and at least every 2 s (so it
+    /// soon learns that the last items were completed).
     ///
     /// # Cancel safety
     ///
@@ -360,19 +355,13 @@ impl Claim {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let what = format!("an item of pool {:?}", self.pool.name);
         let (hub, topic) = (&self.pool.locks.inner.hub, pool_topic(&self.pool.name));
-        let wait = until_done(hub, &topic, || async {
-            match self.attempt().await? {
-                Outcome::Claimed(lease) => Ok(Look::Done(lease)),
-                Outcome::Drained => Err(Error::PoolDrained {
-                    pool: self.pool.name.clone(),
-                }),
-                Outcome::Wait(d) => Ok(Look::Again(d)),
-            }
-        });
+        let wait = until_done(hub, &topic, || self.attempt());
         within(deadline, self.timeout, what, wait).await
     }
 
-    async fn attempt(&self) -> Result<Outcome> {
+    /// One look: an item, how long until one may be free, or
+    /// [`Error::PoolDrained`].
+    async fn attempt(&self) -> Result<Look<Lease>> {
         let locks = &self.pool.locks;
         let inner = &locks.inner;
         let owner = Uuid::new_v4();
@@ -405,20 +394,22 @@ impl Claim {
                 row.try_get("data")?,
             );
             tracing::debug!(pool = %self.pool.name, item = %shared.name, token = shared.token, "item claimed");
-            return Ok(Outcome::Claimed(Lease::new(locks.clone(), shared)));
+            return Ok(Look::Done(Lease::new(locks.clone(), shared)));
         }
         let any_held: bool = row.try_get("any_held")?;
         let free_locked: bool = row.try_get("free_locked")?;
         if !any_held && !free_locked {
-            return Ok(Outcome::Drained);
+            return Err(Error::PoolDrained {
+                pool: self.pool.name.clone(),
+            });
         }
         if free_locked {
             // A concurrent claim holds a free item's row lock; it either
             // takes it or rolls back. Look again shortly.
-            return Ok(Outcome::Wait(Duration::from_millis(10)));
+            return Ok(Look::Again(Duration::from_millis(10)));
         }
         let ms: Option<f64> = row.try_get("wait_ms")?;
-        Ok(Outcome::Wait(ms.map_or(Duration::from_millis(100), |ms| {
+        Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
             Duration::from_secs_f64(ms / 1000.0)
         })))
     }

@@ -161,8 +161,8 @@ impl LeaseRequest {
     pub async fn try_acquire(self) -> Result<Option<Lease>> {
         self.validate()?;
         match self.attempt().await? {
-            Attempt::Acquired(lease) => Ok(Some(lease)),
-            Attempt::Held { .. } => Ok(None),
+            Look::Done(lease) => Ok(Some(lease)),
+            Look::Again(_) => Ok(None),
         }
     }
 
@@ -183,16 +183,12 @@ impl LeaseRequest {
         self.validate()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let what = format!("lease {:?}", self.name);
-        let wait = until_done(&self.locks.inner.hub, &self.name, || async {
-            Ok(match self.attempt().await? {
-                Attempt::Acquired(lease) => Look::Done(lease),
-                Attempt::Held { retry_in, .. } => Look::Again(retry_in),
-            })
-        });
+        let wait = until_done(&self.locks.inner.hub, &self.name, || self.attempt());
         within(deadline, self.timeout, what, wait).await
     }
 
-    pub(crate) async fn attempt(&self) -> Result<Attempt> {
+    /// One look: the lease, or how long until the holder's expiry.
+    async fn attempt(&self) -> Result<Look<Lease>> {
         let inner = &self.locks.inner;
         let owner = Uuid::new_v4();
         let holder = self.holder.as_deref().unwrap_or(&inner.holder);
@@ -211,10 +207,7 @@ impl LeaseRequest {
         pending.disarm();
         let Some(row) = row else {
             // Lost an insert race with another first-time taker: look again.
-            return Ok(Attempt::Held {
-                holder: None,
-                retry_in: Duration::ZERO,
-            });
+            return Ok(Look::Again(Duration::ZERO));
         };
         if row.try_get::<bool, _>("acquired")? {
             let shared = Shared::new(
@@ -229,16 +222,13 @@ impl LeaseRequest {
                 row.try_get("data")?,
             );
             tracing::debug!(name = %self.name, token = shared.token, "lease acquired");
-            Ok(Attempt::Acquired(Lease::new(self.locks.clone(), shared)))
+            Ok(Look::Done(Lease::new(self.locks.clone(), shared)))
         } else {
             let ms: Option<f64> = row.try_get("wait_ms")?;
             // Expired but locked by a fenced transaction: look again shortly.
             let retry_in =
                 Duration::from_secs_f64(ms.unwrap_or(0.0) / 1000.0).clamp(MIN_RETRY, MAX_WAIT);
-            Ok(Attempt::Held {
-                holder: row.try_get("holder")?,
-                retry_in,
-            })
+            Ok(Look::Again(retry_in))
         }
     }
 
@@ -278,15 +268,6 @@ impl LeaseRequest {
         let lease = self.acquire().await?.keep_alive();
         lease.run_work(work).await
     }
-}
-
-pub(crate) enum Attempt {
-    Acquired(Lease),
-    Held {
-        #[allow(dead_code)]
-        holder: Option<String>,
-        retry_in: Duration,
-    },
 }
 
 /// Shortest pause before a waiter looks again at a lease it could not take.
