@@ -85,14 +85,18 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
         let now = Instant::now();
         let (due, next_wake) = {
             let mut state = registry.leases.lock().unwrap();
-            state
-                .by_token
-                .retain(|_, w| w.upgrade().is_some_and(|s| !s.is_lost()));
-            if state.by_token.is_empty() {
+            // Forget dropped and lost leases; keep the others at hand.
+            let mut live = Vec::with_capacity(state.by_token.len());
+            state.by_token.retain(|_, w| match w.upgrade() {
+                Some(s) if !s.is_lost() => {
+                    live.push(s);
+                    true
+                }
+                _ => false,
+            });
+            if live.is_empty() {
                 return;
             }
-            let live: Vec<Arc<Shared>> =
-                state.by_token.values().filter_map(Weak::upgrade).collect();
             let next = live.iter().map(|s| s.next_renewal()).min().unwrap_or(now);
             // Once one lease is due, renew with it every lease that would be
             // due within a sixth of its TTL: early renewal is always safe, and
