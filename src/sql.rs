@@ -512,13 +512,14 @@ impl Statements {
 mod tests {
     use super::*;
 
-    /// The README documents every statement for other languages: it must
-    /// show them exactly as pglock sends them.
+    /// PROTOCOL.md documents every statement for other languages, as a
+    /// template over `{schema}`: it must show each exactly as pglock sends
+    /// it, and no other statement between its `sql:begin`/`sql:end` markers.
     #[test]
-    fn readme_documents_every_statement_verbatim() {
-        let readme = include_str!("../README.md");
-        let st = Statements::new("pglock");
-        for (name, sql) in [
+    fn protocol_documents_every_statement_verbatim() {
+        let doc = include_str!("../PROTOCOL.md");
+        let st = Statements::new("{schema}");
+        let statements = [
             ("acquire", &st.lease_acquire),
             ("renew", &st.lease_renew),
             ("set data", &st.lease_set_data),
@@ -537,11 +538,26 @@ mod tests {
             ("pool status", &st.pool_status),
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),
-        ] {
+        ];
+        for (name, sql) in statements {
             assert!(
-                readme.contains(sql.as_str()),
-                "README lacks the {name} statement:\n{sql}"
+                doc.contains(sql.as_str()),
+                "PROTOCOL.md lacks the {name} statement:\n{sql}"
             );
         }
+        let begin = doc.find("<!-- sql:begin -->").expect("sql:begin marker");
+        let end = doc.find("<!-- sql:end -->").expect("sql:end marker");
+        let shown: Vec<&str> = doc[begin..end]
+            .split("```sql\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap().trim_end().trim_end_matches(';'))
+            .collect();
+        for block in &shown {
+            assert!(
+                statements.iter().any(|(_, sql)| sql.as_str() == *block),
+                "PROTOCOL.md shows a statement pglock does not send:\n{block}"
+            );
+        }
+        assert_eq!(shown.len(), statements.len(), "one block per statement");
     }
 }
