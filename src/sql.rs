@@ -550,7 +550,13 @@ mod tests {
         let shown: Vec<&str> = doc[begin..end]
             .split("```sql\n")
             .skip(1)
-            .map(|b| b.split("```").next().unwrap().trim_end().trim_end_matches(';'))
+            .map(|b| {
+                b.split("```")
+                    .next()
+                    .unwrap()
+                    .trim_end()
+                    .trim_end_matches(';')
+            })
             .collect();
         for block in &shown {
             assert!(
