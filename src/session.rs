@@ -25,6 +25,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::db::{Limits, Pooler};
+
 /// Run on every new connection of pglock's: learn which server session it
 /// is (for `AdvisoryGuard::lost`), wait for locks without a time limit unless
 /// a statement sets one (whatever the connect options say), and commit
@@ -75,13 +77,11 @@ const MAX_IDLE: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct Sessions {
     options: PgConnectOptions,
-    /// Whether `options` lead through a transaction-mode pooler: then no
-    /// session state is set on new connections, every statement runs in a
-    /// transaction of its own ([`POOLED_BEGIN`]) and with an unnamed
-    /// prepared statement.
-    pub(crate) pooled: bool,
+    /// What `options` lead through: behind a transaction-mode pooler no
+    /// session state is set on new connections (see [`Pooler`]).
+    pooler: Pooler,
     idle: Mutex<Vec<(PgConnection, ConnId, Instant)>>,
-    pub(crate) locks: Arc<Semaphore>,
+    locks: Arc<Semaphore>,
     statements: Arc<Semaphore>,
 }
 
@@ -104,18 +104,13 @@ pub(crate) struct Session {
 }
 
 impl Sessions {
-    pub(crate) fn new(
-        options: PgConnectOptions,
-        max_sessions: u32,
-        statements: u32,
-        pooled: bool,
-    ) -> Arc<Self> {
+    pub(crate) fn new(options: PgConnectOptions, limits: Limits, pooler: Pooler) -> Arc<Self> {
         Arc::new(Sessions {
             options,
-            pooled,
+            pooler,
             idle: Mutex::new(Vec::new()),
-            locks: Arc::new(Semaphore::new(max_sessions as usize)),
-            statements: Arc::new(Semaphore::new(statements as usize)),
+            locks: Arc::new(Semaphore::new(limits.max_sessions as usize)),
+            statements: Arc::new(Semaphore::new(limits.statement_connections as usize)),
         })
     }
 
@@ -208,7 +203,8 @@ impl Sessions {
         // acquire, and the token sequence then hands the same token out
         // again (SESSION_SETUP). Through a transaction pooler no session
         // state is set at all (SESSION_SETUP_POOLED).
-        let setup = if self.pooled {
+        let pooled = self.pooler == Pooler::TransactionMode;
+        let setup = if pooled {
             SESSION_SETUP_POOLED
         } else {
             SESSION_SETUP
@@ -223,76 +219,13 @@ impl Sessions {
         // releases everything it held or was about to be granted. Not
         // through a transaction pooler: it only matters for sessions that
         // wait for advisory locks, which never run there.
-        if !self.pooled && conn.server_version_num().unwrap_or(0) >= 140_000 {
+        if !pooled && conn.server_version_num().unwrap_or(0) >= 140_000 {
             conn.execute("SET client_connection_check_interval = 250")
                 .await?;
         }
         Ok((conn, id))
     }
 }
-
-/// Runs `$body` with `$c: &mut PgConnection` on a statement connection,
-/// evaluating to `Result<T, sqlx::Error>`. A connection left mid-statement
-/// (the caller was cancelled) or broken is closed, never reused.
-///
-/// If a reused connection turns out dead (closed by a server restart or a
-/// terminated backend), the statement runs once more on a new connection:
-/// only use this form for statements that are safe to repeat (idempotent
-/// ones, or ones that recognise their own owner id), since the first run may
-/// have committed before the connection died. `once` never repeats.
-macro_rules! on_statement_conn {
-    (once $sessions:expr, |$c:ident| $body:expr) => {
-        async {
-            let mut session = $sessions.statement().await?;
-            let out = $crate::session::run_wrapped!(session, |$c| $body);
-            session.keep_if_sound(out)
-        }
-    };
-    ($sessions:expr, |$c:ident| $body:expr) => {
-        async {
-            let sessions = &$sessions;
-            let mut session = sessions.statement().await?;
-            match $crate::session::run_wrapped!(session, |$c| $body) {
-                Err(e) if session.reused && $crate::session::is_dead(&e) => {
-                    let mut fresh = sessions.reconnect(session).await?;
-                    let out = $crate::session::run_wrapped!(fresh, |$c| $body);
-                    fresh.keep_if_sound(out)
-                }
-                out => session.keep_if_sound(out),
-            }
-        }
-    };
-}
-pub(crate) use on_statement_conn;
-
-/// Runs `$body` with `$c: &mut PgConnection` on `$session`'s connection,
-/// marked in flight meanwhile (dropped then, it is closed); behind a
-/// transaction-mode pooler inside a transaction of its own (see
-/// [`POOLED_BEGIN`]), committed if `$body` succeeded and rolled back if not.
-macro_rules! run_wrapped {
-    ($session:ident, |$c:ident| $body:expr) => {{
-        $session.in_flight = true;
-        let out = async {
-            if $session.pooled() {
-                sqlx::raw_sql($crate::session::POOLED_BEGIN)
-                    .execute($session.conn())
-                    .await?;
-                let out = {
-                    let $c = $session.conn();
-                    $body.await
-                };
-                $crate::session::end_pooled($session.conn(), out).await
-            } else {
-                let $c = $session.conn();
-                $body.await
-            }
-        }
-        .await;
-        $session.in_flight = false;
-        out
-    }};
-}
-pub(crate) use run_wrapped;
 
 /// Ends the transaction [`POOLED_BEGIN`] opened: commits after success (a
 /// failed commit is the result then), rolls back after an error. A
@@ -337,9 +270,9 @@ impl Session {
         self.conn.as_mut().expect("session holds its connection")
     }
 
-    /// Whether the connection leads through a transaction-mode pooler.
-    pub(crate) fn pooled(&self) -> bool {
-        self.home.pooled
+    /// What the connection leads through.
+    pub(crate) fn pooler(&self) -> Pooler {
+        self.home.pooler
     }
 
     pub(crate) fn conn_ref(&self) -> &PgConnection {
