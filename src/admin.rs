@@ -138,16 +138,16 @@ impl Locks {
 
     pub(crate) async fn force_release_in(&self, scope: &Scope, name: &str) -> Result<Option<i64>> {
         let db = self.db();
-        let pool = scope.pool_column();
-        let wake = payload(&db.schema, &scope.free_topic(name));
-        let row = db
-            .fetch_optional(Repeat::Never, &db.sql.lease_force_release, |q| {
-                q.bind(pool).bind(name).bind(&wake)
-            })
-            .await?;
-        let Some(r) = row else { return Ok(None) };
+        let wake = scope.free_topic(name);
+        let Some(r) = self
+            .notify_row(&db.sql.lease_force_release, scope, name, &wake)
+            .await?
+        else {
+            return Ok(None);
+        };
         let token: i64 = r.try_get(0)?;
         let holder: Option<String> = r.try_get(1)?;
+        let pool = scope.pool_column();
         tracing::warn!(
             pool,
             name,
@@ -164,14 +164,27 @@ impl Locks {
         name: &str,
     ) -> Result<Option<i64>> {
         let db = self.db();
-        let pool = scope.pool_column();
-        let wake = payload(&db.schema, &scope.holder_topic(name));
-        let row = db
-            .fetch_optional(Repeat::Never, &db.sql.lease_request_release, |q| {
-                q.bind(pool).bind(name).bind(&wake)
-            })
+        let wake = scope.holder_topic(name);
+        let row = self
+            .notify_row(&db.sql.lease_request_release, scope, name, &wake)
             .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// Runs `sql` (`$1` pool, `$2` name, `$3` the payload that wakes
+    /// `topic`) once; its row, if any.
+    async fn notify_row(
+        &self,
+        sql: &str,
+        scope: &Scope,
+        name: &str,
+        topic: &str,
+    ) -> Result<Option<PgRow>> {
+        let db = self.db();
+        let pool = scope.pool_column();
+        let wake = payload(&db.schema, topic);
+        db.fetch_optional(Repeat::Never, sql, |q| q.bind(pool).bind(name).bind(&wake))
+            .await
     }
 }
 

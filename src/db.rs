@@ -12,27 +12,13 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgRow};
 use sqlx::query::Query;
 
 use crate::error::{Error, Result};
+use crate::session::{Limits, Pooler};
 use crate::session::{POOLED_BEGIN, Session, Sessions, end_pooled, is_dead};
 use crate::sql::Statements;
 use crate::wait::Hub;
 
 /// A statement with its parameters bound.
 pub(crate) type Q = Query<'static, Postgres, PgArguments>;
-
-/// What sits between pglock and the server, decided once by
-/// [`LocksBuilder::transaction_pooler`](crate::LocksBuilder::transaction_pooler).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pooler {
-    /// The server itself, or a session-mode pooler: a connection is one
-    /// server session for its whole life.
-    SessionMode,
-    /// A transaction-mode pooler: the server session may change after every
-    /// transaction, so nothing is set at session level, every statement runs
-    /// in a transaction of its own with an unnamed prepared statement, and
-    /// session advisory locks, LISTEN and migrations need
-    /// [`Db::session_options`].
-    TransactionMode,
-}
 
 /// May a statement run again on a fresh connection when the reused one
 /// turned out dead? Its first run may have committed before the connection
@@ -65,13 +51,6 @@ pub(crate) struct Db {
     pub(crate) sql: Statements,
     /// The shared LISTEN connection of waiters.
     pub(crate) hub: Hub,
-}
-
-/// Limits of a [`Db`]'s connections.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) max_sessions: u32,
-    pub(crate) statement_connections: u32,
 }
 
 impl Db {
@@ -207,32 +186,36 @@ impl Db {
         out
     }
 
-    /// Runs `take`, a statement that may take something for this caller (an
-    /// acquire or a claim), to its end in a task of its own, and hands its
-    /// answer to `keep`. If the caller goes away first (cancelled, timed
-    /// out), or the statement fails so that its outcome is unknown, `undo`
-    /// runs in that task *after* the statement: ordered after the statement
-    /// it undoes, it always finds what that statement took.
-    pub(crate) async fn take<F, Fut, U, UFut>(
+    /// Runs the statement `take` picks from the statements, a statement
+    /// that may take something for this caller (an acquire or a claim), to
+    /// its end in a task of its own, and returns its row. If the caller goes
+    /// away first (cancelled, timed out), or the statement fails so that its
+    /// outcome is unknown, the statement `undo` picks runs in that task
+    /// *after* it: ordered after the statement it undoes, it always finds
+    /// what that statement took.
+    pub(crate) async fn take<B, U>(
         self: &Arc<Self>,
-        take: F,
-        undo: U,
+        take: fn(&Statements) -> &String,
+        bind: B,
+        undo: fn(&Statements) -> &String,
+        undo_bind: U,
     ) -> Result<Option<PgRow>>
     where
-        F: FnOnce(Arc<Db>) -> Fut,
-        Fut: Future<Output = Result<Option<PgRow>>> + Send + 'static,
-        U: FnOnce(Arc<Db>) -> UFut + Send + 'static,
-        UFut: Future<Output = Result<Vec<PgRow>>> + Send + 'static,
+        B: Fn(Q) -> Q + Send + Sync + 'static,
+        U: Fn(Q) -> Q + Send + Sync + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let statement = take(self.clone());
         let db = self.clone();
         tokio::spawn(async move {
+            let out = db.fetch_optional(Repeat::Safe, take(&db.sql), &bind).await;
+            let undo: UndoFn = Box::new(move |db: Arc<Db>| -> UndoFuture {
+                Box::pin(
+                    async move { db.fetch_all(Repeat::Never, undo(&db.sql), &undo_bind).await },
+                )
+            });
             let answer = Answer {
-                out: Some(statement.await),
-                undo: Some(Box::new(move |db: Arc<Db>| -> UndoFuture {
-                    Box::pin(undo(db))
-                })),
+                out: Some(out),
+                undo: Some(undo),
                 db,
             };
             // Not delivered, the caller is gone: dropping the answer undoes
@@ -252,6 +235,7 @@ impl Db {
     }
 }
 
+type UndoFn = Box<dyn FnOnce(Arc<Db>) -> UndoFuture + Send>;
 type UndoFuture = std::pin::Pin<Box<dyn Future<Output = Result<Vec<PgRow>>> + Send>>;
 
 /// The answer of a [`Db::take`] statement. Dropped before the caller read
@@ -259,7 +243,7 @@ type UndoFuture = std::pin::Pin<Box<dyn Future<Output = Result<Vec<PgRow>>> + Se
 /// the undo is ordered after it).
 struct Answer {
     out: Option<Result<Option<PgRow>>>,
-    undo: Option<Box<dyn FnOnce(Arc<Db>) -> UndoFuture + Send>>,
+    undo: Option<UndoFn>,
     db: Arc<Db>,
 }
 

@@ -121,6 +121,35 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Largest accepted JSON payload of a lease, serialized
+/// ([`LeaseRequest::MAX_DATA_BYTES`](crate::LeaseRequest::MAX_DATA_BYTES)).
+pub(crate) const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// Checks a lease's JSON payload.
+pub(crate) fn validate_data(data: &serde_json::Value) -> Result<()> {
+    let len = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > MAX_DATA_BYTES {
+        return Err(Error::invalid(
+            "data",
+            format!("JSON must be at most {MAX_DATA_BYTES} bytes, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `value` of `field` lies in `1..=max`.
+pub(crate) fn validate_count(field: &'static str, what: &str, value: u32, max: u32) -> Result<()> {
+    if !(1..=max).contains(&value) {
+        return Err(Error::invalid(
+            field,
+            format!("{what}must be between 1 and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a schema name and returns it quoted for SQL.
 pub(crate) fn quote_schema(schema: &str) -> Result<String> {
     const FIELD: &str = "schema";

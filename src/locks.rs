@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use crate::db::{Db, Limits, Pooler};
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::key::{quote_schema, validate_name};
 use crate::lease::keepalive::KeepAlive;
+use crate::session::{Limits, Pooler};
 
 /// The handle to pglock: advisory locks, leases, pools and semaphores on one
 /// PostgreSQL database. Cheap to clone; clones share everything.

@@ -14,8 +14,9 @@
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::db::{Db, Pooler};
+use crate::db::Db;
 use crate::error::Result;
+use crate::session::Pooler;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
@@ -32,7 +33,7 @@ pub(crate) async fn run(db: &Db) -> Result<()> {
         Some(o) => o.clone(),
         // sqlx's migrator holds a session advisory lock across statements.
         None if db.pooler == Pooler::TransactionMode => {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 "migrate",
                 "migrate needs a session (it holds a session advisory lock); behind a \
                  transaction-mode pooler give LocksBuilder::session_options(..) a direct or \

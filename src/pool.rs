@@ -46,17 +46,17 @@
 //! could not end. [`Claim::try_acquire`] returns `Ok(None)` then, as on
 //! contention; [`LeasePool::status`] tells the two apart.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
 use crate::key::validate_name;
-use crate::lease::state::{Identity, Scope, Shared};
-use crate::lease::{PoolLease, Terms, take, terms_setters};
+use crate::lease::state::{Scope, Shared};
+use crate::lease::{PoolLease, Terms, terms_setters};
 use crate::locks::Locks;
 use crate::wait::{self, Look, payload};
 
@@ -82,7 +82,7 @@ pub struct PoolStatus {
 }
 
 /// One item of a pool, from [`LeasePool::items`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 #[non_exhaustive]
 pub struct PoolItem {
     /// The item name.
@@ -182,19 +182,7 @@ impl LeasePool {
         let rows = db
             .fetch_all(Repeat::Safe, &db.sql.pool_items, |q| q.bind(&self.name))
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(PoolItem {
-                    name: r.try_get("name")?,
-                    token: r.try_get("token")?,
-                    holder: r.try_get("holder")?,
-                    held: r.try_get("held")?,
-                    done: r.try_get("done")?,
-                    expires_at: r.try_get("expires_at")?,
-                    data: r.try_get("data")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(PoolItem::from_row(r)?)).collect()
     }
 
     /// Releases `item` whoever holds it; it becomes free again. Returns the
@@ -344,51 +332,26 @@ async fn claim_look(
     terms: &Terms,
     max_slot: Option<i32>,
 ) -> Result<Look<Shared>> {
-    let db: &Arc<Db> = locks.db();
+    let db = locks.db();
     let owner = Uuid::new_v4();
     let holder = terms.holder(locks);
     let pool = scope.pool_column().to_owned();
     let (p, h, ttl_ms) = (pool.clone(), holder.clone(), terms.ttl_ms());
-    let undo_args = (pool.clone(), holder.clone(), scope.free_topic(""));
-    let (row, sent) = take(
-        db,
-        owner,
-        move |db| async move {
-            let sql = &db.sql.pool_claim;
-            db.fetch_optional(Repeat::Safe, sql, |q| {
-                q.bind(&p).bind(owner).bind(&h).bind(ttl_ms).bind(max_slot)
-            })
-            .await
-        },
-        move |db, owner| async move {
-            let (pool, holder, topic) = undo_args;
-            let wake = payload(&db.schema, &topic);
-            let sql = &db.sql.item_abandon;
-            db.fetch_all(Repeat::Never, sql, |q| {
-                q.bind(&pool).bind(&holder).bind(owner).bind(&wake)
-            })
-            .await
-        },
-    )
-    .await?;
-    let row = row.ok_or_else(|| db.error(sqlx::Error::RowNotFound))?;
+    let (up, uh) = (pool.clone(), holder.clone());
+    let wake = payload(&db.schema, &scope.free_topic(""));
+    let sent = Instant::now();
+    let row = db
+        .take(
+            |s| &s.pool_claim,
+            move |q| q.bind(&p).bind(owner).bind(&h).bind(ttl_ms).bind(max_slot),
+            |s| &s.item_abandon,
+            move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
+        )
+        .await?
+        .ok_or_else(|| db.error(sqlx::Error::RowNotFound))?;
     if row.try_get::<bool, _>("claimed")? {
-        let id = Identity {
-            scope: scope.clone(),
-            name: row.try_get("name")?,
-            token: row.try_get("token")?,
-            owner,
-        };
-        tracing::debug!(pool = %pool, item = %id.name, token = id.token, "item claimed");
-        let expires_at = row.try_get("expires_at")?;
-        let shared = Shared::new(
-            id,
-            holder,
-            terms.ttl,
-            sent,
-            expires_at,
-            row.try_get("data")?,
-        );
+        let name = row.try_get("name")?;
+        let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
         return Ok(Look::Done(shared));
     }
     let any_held: bool = row.try_get("any_held")?;

@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use crate::db::Repeat;
 use crate::error::{Error, Result};
-use crate::key::validate_name;
+use crate::key::{validate_count, validate_name};
 use crate::lease::LeaseRequest;
 use crate::locks::Locks;
 use crate::wait::{validate_timeout, within};
@@ -64,13 +64,7 @@ impl RateLimiter {
 
     fn validate(&self) -> Result<()> {
         validate_name("rate limiter name", &self.name)?;
-        let max = RateLimiter::MAX_RATE;
-        if !(1..=max).contains(&self.n) {
-            return Err(Error::invalid(
-                "rate",
-                format!("n must be between 1 and {max}, got {}", self.n),
-            ));
-        }
+        validate_count("rate", "n ", self.n, RateLimiter::MAX_RATE)?;
         if self.per.is_zero() || self.per > LeaseRequest::MAX_TTL {
             return Err(Error::invalid(
                 "period",

@@ -6,8 +6,8 @@
 //! another permit is released. A permit can only be released: it is never
 //! completed (that would shrink the semaphore for good).
 
-use crate::error::{Error, Result};
-use crate::key::validate_name;
+use crate::error::Result;
+use crate::key::{validate_count, validate_name};
 use crate::lease::state::Scope;
 use crate::lease::{Permit, Terms, terms_setters};
 use crate::locks::Locks;
@@ -61,13 +61,7 @@ impl Semaphore {
 
     fn validate(&self) -> Result<()> {
         validate_name("pool name", &self.name)?;
-        let max = Semaphore::MAX_PERMITS;
-        if !(1..=max).contains(&self.permits) {
-            return Err(Error::invalid(
-                "permits",
-                format!("must be between 1 and {max}, got {}", self.permits),
-            ));
-        }
+        validate_count("permits", "", self.permits, Semaphore::MAX_PERMITS)?;
         self.terms.validate()
     }
 

@@ -25,8 +25,6 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::db::{Limits, Pooler};
-
 /// Run on every new connection of pglock's: learn which server session it
 /// is (for `AdvisoryGuard::lost`), wait for locks without a time limit unless
 /// a statement sets one (whatever the connect options say), and commit
@@ -60,6 +58,28 @@ const SESSION_SETUP_POOLED: &str = "SELECT pg_backend_pid(), pg_postmaster_start
 pub(crate) const POOLED_BEGIN: &str = "BEGIN; SELECT set_config('lock_timeout', '0', true), \
      CASE WHEN current_setting('synchronous_commit') = 'off' \
           THEN set_config('synchronous_commit', 'on', true) END";
+
+/// What sits between pglock and the server, decided once by
+/// [`LocksBuilder::transaction_pooler`](crate::LocksBuilder::transaction_pooler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pooler {
+    /// The server itself, or a session-mode pooler: a connection is one
+    /// server session for its whole life.
+    SessionMode,
+    /// A transaction-mode pooler: the server session may change after every
+    /// transaction, so nothing is set at session level, every statement runs
+    /// in a transaction of its own with an unnamed prepared statement, and
+    /// session advisory locks, LISTEN and migrations need
+    /// `session_options`.
+    TransactionMode,
+}
+
+/// Limits of pglock's own connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_sessions: u32,
+    pub(crate) statement_connections: u32,
+}
 
 /// Which server session a connection is: its pid, and the server's start
 /// time (a pid is reused after a restart).
@@ -116,30 +136,17 @@ impl Sessions {
 
     /// A connection for an advisory lock session.
     pub(crate) async fn lock_session(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
-        let permit = self
-            .locks
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.checkout(permit).await
+        self.checkout(&self.locks).await
     }
 
     /// A connection for one short statement.
     pub(crate) async fn statement(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
-        let permit = self
-            .statements
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.checkout(permit).await
+        self.checkout(&self.statements).await
     }
 
-    async fn checkout(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Session, sqlx::Error> {
+    /// A connection, within the budget `budget`.
+    async fn checkout(self: &Arc<Self>, budget: &Arc<Semaphore>) -> Result<Session, sqlx::Error> {
+        let permit = budget.clone().acquire_owned().await.expect("never closed");
         loop {
             let popped = {
                 let mut idle = self.idle.lock().unwrap();

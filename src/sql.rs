@@ -191,27 +191,29 @@ WITH rel AS (
 )
 SELECT token, holder, pg_notify('pglock', $3)::text FROM rel";
 
+/// The columns of a lease row that [`LEASE_GET`] and [`LEASE_LIST`] show.
+macro_rules! lease_row {
+    () => {
+        "\
+SELECT pool, name, coalesce(token, 0) AS token, holder,
+       owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
+       acquired_at, expires_at, data, release_requested,
+       CASE WHEN owner IS NOT NULL
+            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
+  FROM {s}.leases
+"
+    };
+}
+
 /// One lease row by pool and name, held or not, as [`LEASE_LIST`] shows
 /// it: who holds it and until when, or what became of it.
-const LEASE_GET: &str = "\
-SELECT pool, name, coalesce(token, 0) AS token, holder,
-       owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       acquired_at, expires_at, data, release_requested,
-       CASE WHEN owner IS NOT NULL
-            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
-  FROM {s}.leases
- WHERE pool = $1 AND name = $2";
+const LEASE_GET: &str = concat!(lease_row!(), " WHERE pool = $1 AND name = $2");
 
 /// Every lease row, for `pglock ls`: plain leases and held pool items.
-const LEASE_LIST: &str = "\
-SELECT pool, name, coalesce(token, 0) AS token, holder,
-       owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       acquired_at, expires_at, data, release_requested,
-       CASE WHEN owner IS NOT NULL
-            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
-  FROM {s}.leases
- WHERE pool = '' OR owner IS NOT NULL
- ORDER BY pool, name";
+const LEASE_LIST: &str = concat!(
+    lease_row!(),
+    " WHERE pool = '' OR owner IS NOT NULL\n ORDER BY pool, name"
+);
 
 /// Take one token from a bucket of capacity `$2` refilled at `$2` per `$3`
 /// seconds, by the database clock, in one statement. A new bucket starts

@@ -245,7 +245,7 @@ where
     within(
         timeout,
         what,
-        until_done(hub, topic, look, || std::future::pending()),
+        until_done(hub, topic, look, std::future::pending),
     )
     .await
 }

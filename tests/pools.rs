@@ -325,7 +325,10 @@ async fn a_semaphore_keeps_every_permit_whatever_its_holders_do() {
         let a = sem.acquire().await.unwrap();
         let b = sem.acquire().await.unwrap().keep_alive();
         let c = sem.acquire().await.unwrap();
-        assert!(sem.try_acquire().await.unwrap().is_none(), "round {round}: a 4th permit");
+        assert!(
+            sem.try_acquire().await.unwrap().is_none(),
+            "round {round}: a 4th permit"
+        );
         a.release().await.unwrap();
         drop(b);
         c.orphan();
@@ -336,7 +339,11 @@ async fn a_semaphore_keeps_every_permit_whatever_its_holders_do() {
         let s = status().await;
         assert_eq!((s.total, s.held, s.done), (3, 3, 0), "round {round}: {s:?}");
         let forced = all[0].name().to_owned();
-        t.locks.lease_pool(&name).force_release(&forced).await.unwrap();
+        t.locks
+            .lease_pool(&name)
+            .force_release(&forced)
+            .await
+            .unwrap();
         for p in all {
             let _ = p.release().await;
         }

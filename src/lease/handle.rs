@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use super::keepalive::renew_batch;
 use super::state::{Scope, Shared};
-use super::validate_data;
 use crate::db::{Db, Q, Repeat};
 use crate::error::{Error, FENCE_FAILED, Result, sqlstate};
+use crate::key::validate_data;
 use crate::locks::Locks;
 use crate::wait::{Look, payload, until_done};
 

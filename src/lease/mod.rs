@@ -42,7 +42,6 @@ pub(crate) mod state;
 pub use handle::{Lease, LeaseRef, Permit, PoolLease};
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -51,9 +50,8 @@ use sqlx::postgres::PgRow;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
-use crate::key::validate_name;
+use crate::key::{validate_data, validate_name};
 use crate::locks::Locks;
 use crate::wait::{self, Look, MAX_WAIT, payload, validate_timeout};
 use state::{Identity, Scope, Shared};
@@ -139,24 +137,27 @@ macro_rules! terms_setters {
 }
 pub(crate) use terms_setters;
 
-/// Runs `take` through [`Db::take`] with a fresh owner id; if its caller
-/// goes away, `undo` gives back what that owner id got. The row, and the
-/// send time for the local deadline.
-pub(crate) async fn take<F, Fut, U, UFut>(
-    db: &Arc<Db>,
-    owner: Uuid,
-    take: F,
-    undo: U,
-) -> Result<(Option<PgRow>, Instant)>
-where
-    F: FnOnce(Arc<Db>) -> Fut,
-    Fut: Future<Output = Result<Option<PgRow>>> + Send + 'static,
-    U: FnOnce(Arc<Db>, Uuid) -> UFut + Send + 'static,
-    UFut: Future<Output = Result<Vec<PgRow>>> + Send + 'static,
-{
-    let sent = Instant::now();
-    let row = db.take(take, move |db| undo(db, owner)).await?;
-    Ok((row, sent))
+impl Shared {
+    /// The lease an acquire or claim sent at `sent` took, as its `row` says.
+    pub(crate) fn taken(
+        row: &PgRow,
+        scope: Scope,
+        name: String,
+        owner: Uuid,
+        holder: String,
+        terms: &Terms,
+        sent: Instant,
+    ) -> Result<Shared> {
+        let id = Identity {
+            scope,
+            name,
+            token: row.try_get("token")?,
+            owner,
+        };
+        tracing::debug!(pool = id.scope.pool(), name = %id.name, token = id.token, "lease taken");
+        let (expires_at, data) = (row.try_get("expires_at")?, row.try_get("data")?);
+        Ok(Shared::new(id, holder, terms.ttl, sent, expires_at, data))
+    }
 }
 
 impl Locks {
@@ -191,7 +192,7 @@ impl LeaseRequest {
     /// Longest accepted TTL (30 days).
     pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
     /// Largest accepted JSON payload, serialized.
-    pub const MAX_DATA_BYTES: usize = 64 * 1024;
+    pub const MAX_DATA_BYTES: usize = crate::key::MAX_DATA_BYTES;
 
     terms_setters!();
 
@@ -257,52 +258,29 @@ impl LeaseRequest {
         let db = self.locks.db();
         let owner = Uuid::new_v4();
         let holder = self.terms.holder(&self.locks);
-        let (name, ttl_ms, data) = (self.name.clone(), self.terms.ttl_ms(), self.data.clone());
-        let h = holder.clone();
-        let (row, sent) = take(
-            db,
-            owner,
-            move |db| async move {
-                let sql = &db.sql.lease_acquire;
-                db.fetch_optional(Repeat::Safe, sql, |q| {
-                    q.bind(&name).bind(owner).bind(&h).bind(ttl_ms).bind(&data)
-                })
-                .await
-            },
-            {
-                let name = self.name.clone();
-                move |db, owner| async move {
-                    let wake = payload(&db.schema, &name);
-                    let sql = &db.sql.lease_abandon;
-                    db.fetch_all(Repeat::Never, sql, |q| {
-                        q.bind(&name).bind(owner).bind(&wake)
-                    })
-                    .await
-                }
-            },
-        )
-        .await?;
+        let (name, h, ttl_ms, data) = (
+            self.name.clone(),
+            holder.clone(),
+            self.terms.ttl_ms(),
+            self.data.clone(),
+        );
+        let (n, wake) = (self.name.clone(), payload(&db.schema, &self.name));
+        let sent = Instant::now();
+        let row = db
+            .take(
+                |s| &s.lease_acquire,
+                move |q| q.bind(&name).bind(owner).bind(&h).bind(ttl_ms).bind(&data),
+                |s| &s.lease_abandon,
+                move |q| q.bind(&n).bind(owner).bind(&wake),
+            )
+            .await?;
         let Some(row) = row else {
             // Lost an insert race with another first-time taker: look again.
             return Ok(Look::Again(Duration::ZERO));
         };
         if row.try_get::<bool, _>("acquired")? {
-            let id = Identity {
-                scope: Scope::Lease,
-                name: self.name.clone(),
-                token: row.try_get("token")?,
-                owner,
-            };
-            tracing::debug!(name = %id.name, token = id.token, "lease acquired");
-            let expires_at = row.try_get("expires_at")?;
-            let shared = Shared::new(
-                id,
-                holder,
-                self.terms.ttl,
-                sent,
-                expires_at,
-                row.try_get("data")?,
-            );
+            let name = self.name.clone();
+            let shared = Shared::taken(&row, Scope::Lease, name, owner, holder, &self.terms, sent)?;
             Ok(Look::Done(Lease::new(self.locks.clone(), shared)))
         } else {
             let ms: Option<f64> = row.try_get("wait_ms")?;
@@ -362,20 +340,6 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
                 "must be between {:?} and 30 days, got {ttl:?}",
                 LeaseRequest::MIN_TTL
             ),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_data(data: &Value) -> Result<()> {
-    let len = serde_json::to_vec(data)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    let max = LeaseRequest::MAX_DATA_BYTES;
-    if len > max {
-        return Err(Error::invalid(
-            "data",
-            format!("JSON must be at most {max} bytes, got {len}"),
         ));
     }
     Ok(())

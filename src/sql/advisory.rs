@@ -99,6 +99,21 @@ pub(crate) const HELD_BY: &str = "SELECT pg_postmaster_start_time() = $2 \
      WHERE locktype = 'advisory' AND pid = $1 AND granted AND objsubid = 1 \
        AND ((classid::int8 << 32) | objid::int8) = $3)";
 
+/// A timed transaction lock around `$lock`: read the old `lock_timeout`,
+/// set ours, wait for the lock, put the old one back.
+macro_rules! timed_xact {
+    ($lock:literal) => {
+        concat!(
+            "SELECT set_config('lock_timeout', s.old, true) \
+             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
+             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
+             CROSS JOIN LATERAL (SELECT ",
+            $lock,
+            " AS l, a.t OFFSET 0) l"
+        )
+    };
+}
+
 /// A transaction lock. Untimed, the transaction's own `lock_timeout`
 /// applies. Timed, one statement leaves the caller's `lock_timeout` as it
 /// was: the LATERAL references force the order (read the old value, set
@@ -107,34 +122,18 @@ pub(crate) fn xact_lock(kind: KeyKind, mode: Mode, wait: Wait) -> &'static str {
     use {KeyKind::*, Mode::*, Wait::*};
     match (kind, mode, wait) {
         (Int, Exclusive, Untimed) => "SELECT pg_advisory_xact_lock($1)::text",
-        (Int, Exclusive, Timed) => {
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock($1)::text AS l, a.t OFFSET 0) l"
-        }
+        (Int, Exclusive, Timed) => timed_xact!("pg_advisory_xact_lock($1)::text"),
         (Int, Shared, Untimed) => "SELECT pg_advisory_xact_lock_shared($1)::text",
-        (Int, Shared, Timed) => {
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared($1)::text AS l, a.t OFFSET 0) l"
-        }
+        (Int, Shared, Timed) => timed_xact!("pg_advisory_xact_lock_shared($1)::text"),
         (Text, Exclusive, Untimed) => "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text",
         (Text, Exclusive, Timed) => {
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l"
+            timed_xact!("pg_advisory_xact_lock(hashtextextended($1, 0))::text")
         }
         (Text, Shared, Untimed) => {
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text"
         }
         (Text, Shared, Timed) => {
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l"
+            timed_xact!("pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text")
         }
     }
 }
