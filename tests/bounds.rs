@@ -4,8 +4,8 @@
 //! against a server: the futures are built, never polled.
 
 use pglock::{
-    Advisory, AdvisoryGuard, Claim, Error, Lease, LeasePool, LeaseRef, LeaseRequest, Locks,
-    Permit, PoolLease, RateLimiter, Semaphore,
+    Advisory, AdvisoryGuard, Claim, Error, Lease, LeasePool, LeaseRef, LeaseRequest, Locks, Permit,
+    PoolLease, RateLimiter, Semaphore,
 };
 
 fn send<T: Send>(_: &T) {}

@@ -319,12 +319,14 @@ async fn pool_items_are_leases_with_fencing() {
 async fn a_semaphore_keeps_every_permit_whatever_its_holders_do() {
     let t = db().await;
     let name = pool_name();
-    let sem = t.locks.semaphore(&name, 3).ttl(Duration::from_millis(300));
+    let sem = t.locks.semaphore(&name, 3).ttl(Duration::from_secs(60));
+    // The permit that is orphaned expires soon.
+    let short = sem.clone().ttl(Duration::from_millis(300));
     let status = || async { t.locks.lease_pool(&name).status().await.unwrap() };
     for round in 0..3 {
         let a = sem.acquire().await.unwrap();
         let b = sem.acquire().await.unwrap().keep_alive();
-        let c = sem.acquire().await.unwrap();
+        let c = short.acquire().await.unwrap();
         assert!(
             sem.try_acquire().await.unwrap().is_none(),
             "round {round}: a 4th permit"

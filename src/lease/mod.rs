@@ -37,9 +37,11 @@
 
 mod handle;
 pub(crate) mod keepalive;
+mod owned;
 pub(crate) mod state;
 
-pub use handle::{Lease, LeaseRef, Permit, PoolLease};
+pub use handle::LeaseRef;
+pub use owned::{Lease, Permit, PoolLease};
 
 use std::future::Future;
 use std::time::Duration;
