@@ -19,12 +19,10 @@ use crate::key::validate_data;
 use crate::locks::Locks;
 use crate::wait::{Look, payload, until_done};
 
-#[allow(unused_imports)]
-use super::owned::{Lease, Permit, PoolLease};
-
 /// A handle on a held lease, pool item or permit that can be cloned into
 /// tasks; it is what [`LeaseRequest::run`](crate::LeaseRequest::run) hands
-/// to its work. [`Lease`], [`PoolLease`] and [`Permit`] deref to one.
+/// to its work. [`Lease`](crate::Lease), [`PoolLease`](crate::PoolLease)
+/// and [`Permit`](crate::Permit) deref to one.
 #[derive(Clone)]
 pub struct LeaseRef {
     pub(super) locks: Locks,
