@@ -88,8 +88,8 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for permits outside 1..=10000 or a bad name
-    /// or TTL; [`Error::NotMigrated`]; [`Error::Database`].
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for permits outside 1..=10000 or a bad name
+    /// or TTL; [`Error::NotMigrated`](crate::Error::NotMigrated); [`Error::Database`](crate::Error::Database).
     pub async fn try_acquire(&self) -> Result<Option<Permit>> {
         self.validate()?;
         let scope = self.ensure().await?;
@@ -105,7 +105,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`]; otherwise as [`try_acquire`](Self::try_acquire).
+    /// [`Error::Timeout`](crate::Error::Timeout); otherwise as [`try_acquire`](Self::try_acquire).
     pub async fn acquire(&self) -> Result<Permit> {
         self.validate()?;
         let scope = self.ensure().await?;
