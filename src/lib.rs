@@ -9,8 +9,8 @@
 //! | --- | --- | --- |
 //! | a short critical section (seconds), held while your process runs | [`Locks::advisory`] → [`Advisory::lock`] | [`AdvisoryGuard`]: a session advisory lock, the session is yours meanwhile |
 //! | a claim that outlives connections (minutes to days), with a fencing token | [`Locks::lease`] → [`LeaseRequest::acquire`] | [`Lease`] |
-//! | any free item of a set — shards, trials, GPU slots — each done once | [`Locks::lease_pool`] → [`LeasePool::claim`] → [`Claim::acquire`] | a pool item (`PoolLease`): a lease that can also be completed |
-//! | at most N holders at a time | [`Locks::semaphore`] → [`Semaphore::acquire`] | a permit (`Permit`): a lease that can only be released |
+//! | any free item of a set — shards, trials, GPU slots — each done once | [`Locks::lease_pool`] → [`LeasePool::claim`] → [`Claim::acquire`] | a pool item ([`PoolLease`]): a lease that can also be completed |
+//! | at most N holders at a time | [`Locks::semaphore`] → [`Semaphore::acquire`] | a permit ([`Permit`]): a lease that can only be released |
 //! | at most N acquisitions per period | [`Locks::rate_limiter`] → [`RateLimiter::acquire`] | nothing to release |
 //!
 //! An advisory lock is cheapest (one round trip each way, nothing written),
@@ -72,8 +72,8 @@
 //! value [`keep_alive`](Lease::keep_alive) (background renewal, one
 //! statement per tick for every lease of a `Locks`),
 //! [`release`](Lease::release) and [`orphan`](Lease::orphan) (let it
-//! expire). Only a pool item can be completed ([`Lease::complete`],
-//! [`Lease::complete_in`] inside your transaction). For work that must stop
+//! expire). Only a pool item can be completed ([`PoolLease::complete`],
+//! [`PoolLease::complete_in`] inside your transaction). For work that must stop
 //! when its lease is lost, [`LeaseRequest::run`] acquires, keeps alive,
 //! drops the work on loss and releases.
 //!
