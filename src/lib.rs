@@ -10,6 +10,7 @@ mod key;
 mod lease;
 mod locks;
 mod migrate;
+mod multi;
 mod pool;
 mod rate;
 mod session;
@@ -25,5 +26,6 @@ pub use locks::{
     DEFAULT_MAX_SESSIONS, DEFAULT_SCHEMA, DEFAULT_STATEMENT_CONNECTIONS, Locks, LocksBuilder,
 };
 pub use migrate::{MIGRATIONS_TABLE, latest_version};
+pub use multi::{AdvisoryAll, AdvisorySet, LeaseAll, LeaseSet, MAX_SET_SIZE};
 pub use pool::{Claim, LeasePool, MAX_PERMITS, PoolItem, PoolStatus, Semaphore};
 pub use rate::{MAX_RATE, RateLimiter};
