@@ -4,6 +4,7 @@
 
 mod admin;
 mod advisory;
+mod election;
 mod error;
 mod keepalive;
 mod key;
@@ -19,6 +20,7 @@ mod wait;
 
 pub use admin::LeaseInfo;
 pub use advisory::{Advisory, AdvisoryGuard};
+pub use election::{ELECTION_PREFIX, Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use key::{AdvisoryKey, MAX_NAME_BYTES};
 pub use lease::{DEFAULT_TTL, Lease, LeaseRef, LeaseRequest, MAX_DATA_BYTES, MAX_TTL, MIN_TTL};
