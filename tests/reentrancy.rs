@@ -42,7 +42,10 @@ async fn another_task_of_the_same_process_waits_for_the_holder() {
     let locks = t.locks.clone();
     let second = tokio::spawn(async move { locks.advisory("re/b").lock().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "excluded while the first guard is held");
+    assert!(
+        !second.is_finished(),
+        "excluded while the first guard is held"
+    );
     first.release().await.unwrap();
     let guard = tokio::time::timeout(Duration::from_secs(5), second)
         .await
@@ -73,7 +76,14 @@ async fn a_transaction_lock_taken_twice_in_one_transaction_is_held_once_more() {
 async fn a_lease_held_by_this_process_is_not_given_to_it_again() {
     let t = db().await;
     let lease = t.locks.lease("re/lease").acquire().await.unwrap();
-    assert!(t.locks.lease("re/lease").try_acquire().await.unwrap().is_none());
+    assert!(
+        t.locks
+            .lease("re/lease")
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
     let err = t
         .locks
         .lease("re/lease")

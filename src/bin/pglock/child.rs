@@ -303,34 +303,6 @@ pub(crate) fn substitute(argv: &[String], item: &str) -> Vec<String> {
     argv.iter().map(|a| a.replace("{}", item)).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn braces_become_the_item() {
-        let argv = ["python", "train.py", "--shard", "{}", "--out=ckpt/{}.pt"].map(String::from);
-        assert_eq!(
-            substitute(&argv, "shard-007"),
-            [
-                "python",
-                "train.py",
-                "--shard",
-                "shard-007",
-                "--out=ckpt/shard-007.pt"
-            ]
-        );
-    }
-
-    #[test]
-    fn exit_codes_follow_the_shell() {
-        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
-        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
-        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
-        assert_eq!(Sig::Int.exit_code(), 130);
-    }
-}
-
 /// On Linux, the command gets SIGKILL if pglock dies (even by SIGKILL),
 /// so it never runs on after the lock it ran under is gone: the lease of a
 /// dead pglock expires after its TTL and the next holder then starts
@@ -359,3 +331,31 @@ fn die_with_pglock(command: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_pglock(_command: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braces_become_the_item() {
+        let argv = ["python", "train.py", "--shard", "{}", "--out=ckpt/{}.pt"].map(String::from);
+        assert_eq!(
+            substitute(&argv, "shard-007"),
+            [
+                "python",
+                "train.py",
+                "--shard",
+                "shard-007",
+                "--out=ckpt/shard-007.pt"
+            ]
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+        assert_eq!(Sig::Int.exit_code(), 130);
+    }
+}
