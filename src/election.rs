@@ -44,13 +44,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_core::Stream;
 use serde_json::Value;
-use sqlx::Row;
 
 use crate::Locks;
-use crate::error::{Error, Result};
+use crate::db::Repeat;
+use crate::error::Result;
 use crate::key::validate_name;
-use crate::lease::{DEFAULT_TTL, Lease, LeaseRef, validate_ttl};
-use crate::session::on_statement_conn;
+use crate::lease::{Lease, LeaseRef, LeaseRequest, validate_ttl};
 use crate::wait::{MAX_WAIT, Topic, jitter, payload};
 
 /// The prefix of an election's lease name: election `NAME` is the lease
@@ -64,7 +63,7 @@ impl Locks {
         Election {
             locks: self.clone(),
             name: name.into(),
-            ttl: DEFAULT_TTL,
+            ttl: LeaseRequest::DEFAULT_TTL,
         }
     }
 }
@@ -202,7 +201,7 @@ impl Observer {
         }
         loop {
             if self.topic.is_none() {
-                let topic = e.locks.inner.hub.subscribe(&lease).await;
+                let topic = e.locks.db().hub.subscribe(&lease).await;
                 self.topic = Some(topic.inspect_err(|_| self.failed = true)?);
             }
             let topic = self.topic.clone().expect("subscribed");
@@ -278,58 +277,41 @@ impl Leadership {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Internals (to port onto the statement layer): the two statements an
-// election adds, and the functions that run them.
-// ---------------------------------------------------------------------------
-
-/// The holder of a plain lease, if held by the database clock, and how long
-/// until it expires.
-const LEASE_LEADER: &str = "\
-SELECT token, holder, data, expires_at,
-       greatest(0, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8 AS expires_in_ms
-  FROM {s}.leases
- WHERE pool = '' AND name = $1 AND owner IS NOT NULL AND expires_at > clock_timestamp()";
-
-/// Wake the observers (and waiting candidates) of a lease.
-const ANNOUNCE: &str = "SELECT pg_notify('pglock', $1)::text";
-
+/// The leader, if the election's lease is held by the database clock, and
+/// how long until its expiry: the lease's row, by the statement `lease_info`
+/// reads.
 async fn current_leader(locks: &Locks, lease: &str) -> Result<Option<(Leader, Duration)>> {
-    let inner = &locks.inner;
-    let sql = LEASE_LEADER.replace("{s}", &inner.quoted_schema);
-    let row = on_statement_conn!(inner.sessions, |c| inner
-        .query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(lease)
-        .fetch_optional(c))
-    .await
-    .map_err(|e| Error::from_db(e, &inner.schema))?;
-    let Some(row) = row else { return Ok(None) };
-    let data: Option<Value> = row.try_get("data")?;
-    let value = match data {
+    let Some(info) = locks.lease_holder(lease).await? else {
+        return Ok(None);
+    };
+    let value = match info.data {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    let ms: f64 = row.try_get("expires_in_ms")?;
+    let left = info
+        .expires_in
+        .and_then(|d| d.to_std().ok())
+        .unwrap_or_default();
+    let Some(expires_at) = info.expires_at else {
+        return Ok(None);
+    };
     Ok(Some((
         Leader {
             value,
-            token: row.try_get("token")?,
-            holder: row.try_get("holder")?,
-            expires_at: row.try_get("expires_at")?,
+            token: info.token,
+            holder: info.holder,
+            expires_at,
         },
-        Duration::from_secs_f64(ms / 1000.0),
+        left,
     )))
 }
 
+/// Wakes the observers (and waiting candidates) of `lease`.
 async fn announce(locks: &Locks, lease: &str) -> Result<()> {
-    let inner = &locks.inner;
-    let message = payload(&inner.schema, lease);
-    on_statement_conn!(inner.sessions, |c| inner
-        .query(ANNOUNCE)
-        .bind(&message)
-        .execute(c))
-    .await
-    .map_err(|e| Error::from_db(e, &inner.schema))?;
+    let db = locks.db();
+    let message = payload(&db.schema, lease);
+    db.fetch_all(Repeat::Safe, &db.sql.announce, |q| q.bind(message.clone()))
+        .await?;
     Ok(())
 }

@@ -309,7 +309,10 @@ pub(crate) fn substitute(argv: &[String], item: &str) -> Vec<String> {
 /// (`PR_SET_PDEATHSIG`; it fires when the forking thread ends, and pglock
 /// forks on a runtime worker thread, which lives as long as pglock). Only the command itself: processes it started
 /// in turn are not covered. Elsewhere, nothing (documented).
+// The one `unsafe` of the CLI: std and tokio offer no safe way to run code
+// in the child between fork and exec.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 fn die_with_pglock(command: &mut Command) {
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the forked child before exec and only

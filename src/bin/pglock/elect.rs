@@ -8,6 +8,7 @@ use crate::Ctx;
 use crate::child::Signals;
 use crate::cli::ElectArgs;
 use crate::exec::{end_lease, lease_env, supervise_lease};
+use crate::held::Held;
 use crate::report::{EXIT_NOT_OBTAINED, Failure, print};
 use crate::waiting::{Target, Waited, interrupted, wait_for};
 
@@ -34,7 +35,7 @@ pub(crate) async fn elect(
         args.name,
         leadership.token()
     ));
-    let lease = leadership.into_lease();
+    let lease = Held::from(leadership.into_lease());
     let mut env = lease_env(ctx, &lease);
     env.push(("PGLOCK_ELECTION", args.name.clone()));
     env.push(("PGLOCK_VALUE", value));
