@@ -128,8 +128,8 @@ impl Election {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a bad name, value (at most 64 KiB) or
-    /// TTL, before any SQL; [`Error::NotMigrated`]; [`Error::Database`].
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad name, value (at most 64 KiB) or
+    /// TTL, before any SQL; [`Error::NotMigrated`](crate::Error::NotMigrated); [`Error::Database`](crate::Error::Database).
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
         self.validate()?;
         validate_ttl(self.ttl)?;
@@ -155,8 +155,8 @@ impl Election {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a bad name; [`Error::NotMigrated`];
-    /// [`Error::Database`].
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad name; [`Error::NotMigrated`](crate::Error::NotMigrated);
+    /// [`Error::Database`](crate::Error::Database).
     pub async fn leader(&self) -> Result<Option<Leader>> {
         self.validate()?;
         Ok(current_leader(&self.locks, &self.lease_name())
@@ -265,8 +265,8 @@ impl Leadership {
     ///
     /// # Errors
     ///
-    /// [`Error::LeaseLost`] if the leadership was already lost;
-    /// [`Error::Database`].
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) if the leadership was already lost;
+    /// [`Error::Database`](crate::Error::Database).
     pub async fn resign(self) -> Result<()> {
         self.lease.release().await
     }

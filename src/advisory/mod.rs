@@ -48,6 +48,7 @@ mod guard;
 mod holders;
 
 pub use guard::AdvisoryGuard;
+pub(crate) use guard::unlock_answer;
 pub use holders::AdvisoryLockInfo;
 
 use std::time::Duration;

@@ -98,13 +98,13 @@ impl Terms {
         if let Some(h) = &self.holder {
             validate_name("holder", h)?;
         }
-        if let Some(d) = self.lock_delay {
-            if d > LeaseRequest::MAX_TTL {
-                return Err(Error::invalid(
-                    "lock_delay",
-                    format!("must be at most {:?}, got {d:?}", LeaseRequest::MAX_TTL),
-                ));
-            }
+        if let Some(d) = self.lock_delay
+            && d > LeaseRequest::MAX_TTL
+        {
+            return Err(Error::invalid(
+                "lock_delay",
+                format!("must be at most {:?}, got {d:?}", LeaseRequest::MAX_TTL),
+            ));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::validate_size;
 use crate::Locks;
+use crate::advisory::unlock_answer;
 use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
 use crate::key::AdvisoryKey;
 use crate::session::Session;
@@ -17,9 +18,6 @@ use crate::wait::validate_timeout;
 /// Longest accepted timeout for an advisory set: PostgreSQL's `lock_timeout`
 /// is an `int` of milliseconds.
 const MAX_ADVISORY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
-
-/// Longest wait for the unlock of a set; then its session is closed.
-const UNLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Locks {
     /// Exclusive session advisory locks on every key of `keys`, taken all
@@ -225,15 +223,7 @@ async fn unlock_set(
     let query = sqlx::query_scalar::<_, bool>(UNLOCK_ALL)
         .bind(&numeric)
         .fetch_one(session.conn());
-    let held = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
-        Ok(held) => held?,
-        Err(_) => {
-            return Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
-            )));
-        }
-    };
+    let held = unlock_answer(query).await?;
     session.in_flight = !held;
     Ok(held)
 }
@@ -308,14 +298,18 @@ impl Drop for AdvisorySet {
         let Some(mut session) = self.session.take() else {
             return;
         };
+        // In flight until the unlock succeeds: dropped without a runtime to
+        // unlock it, the session is closed (dropping its locks), not reused.
         session.in_flight = true;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let numeric = std::mem::take(&mut self.numeric);
-            rt.spawn(async move {
-                if let Err(e) = unlock_set(session, numeric).await {
-                    tracing::warn!(error = %e, "unlock of an advisory set on drop failed; session closed");
-                }
-            });
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let numeric = std::mem::take(&mut self.numeric);
+        rt.spawn(async move {
+            let unlocked = unlock_set(session, numeric).await;
+            if let Err(e) = unlocked {
+                tracing::warn!(error = %e, "unlock of an advisory set on drop failed; session closed");
+            }
+        });
     }
 }

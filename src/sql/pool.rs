@@ -50,9 +50,9 @@ SELECT count(*) FROM ins";
 /// changed the pool since this statement's snapshot (`version`).
 ///
 /// When nothing is claimable, the last branch tells how long until the
-/// first held item expires (or its lock-delay ends), whether anything is held at all, and whether a
-/// free item exists that a concurrent claim had locked (nothing free and
-/// nothing held: the pool is drained).
+/// first held item expires (or its lock-delay ends), whether anything is
+/// held at all, and whether a free item exists that a concurrent claim had
+/// locked (nothing free and nothing held: the pool is drained).
 pub(super) const POOL_CLAIM: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
