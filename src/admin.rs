@@ -39,6 +39,9 @@ pub struct LeaseInfo {
     pub data: Option<Value>,
     /// Whether a release was requested.
     pub release_requested: bool,
+    /// Set while the lease expired (was not released) and its lock-delay
+    /// has not yet passed: nobody can take it before this time.
+    pub delayed_until: Option<DateTime<Utc>>,
 }
 
 impl LeaseInfo {
@@ -56,6 +59,7 @@ impl LeaseInfo {
             expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
             data: r.try_get("data")?,
             release_requested: r.try_get("release_requested")?,
+            delayed_until: r.try_get("delayed_until")?,
         })
     }
 }

@@ -126,11 +126,13 @@
 mod admin;
 mod advisory;
 mod db;
+mod election;
 mod error;
 mod key;
 mod lease;
 mod locks;
 mod migrate;
+mod multi;
 mod pool;
 mod rate;
 mod semaphore;
@@ -140,11 +142,13 @@ mod wait;
 
 pub use admin::LeaseInfo;
 pub use advisory::{Advisory, AdvisoryGuard, AdvisoryLockInfo};
+pub use election::{ELECTION_PREFIX, Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use key::AdvisoryKey;
 pub use lease::{Lease, LeaseRef, LeaseRequest, Permit, PoolLease};
 pub use locks::{Locks, LocksBuilder};
 pub use migrate::{MIGRATIONS_TABLE, latest_version};
+pub use multi::{AdvisoryAll, AdvisorySet, LeaseAll, LeaseSet, MAX_SET_SIZE};
 pub use pool::{Claim, LeasePool, PoolItem, PoolStatus};
 pub use rate::RateLimiter;
 pub use semaphore::Semaphore;

@@ -337,13 +337,21 @@ async fn claim_look(
     let holder = terms.holder(locks);
     let pool = scope.pool_column().to_owned();
     let (p, h, ttl_ms) = (pool.clone(), holder.clone(), terms.ttl_ms());
+    let delay_ms = terms.delay_ms();
     let (up, uh) = (pool.clone(), holder.clone());
     let wake = payload(&db.schema, &scope.free_topic(""));
     let sent = Instant::now();
     let row = db
         .take(
             |s| &s.pool_claim,
-            move |q| q.bind(&p).bind(owner).bind(&h).bind(ttl_ms).bind(max_slot),
+            move |q| {
+                q.bind(&p)
+                    .bind(owner)
+                    .bind(&h)
+                    .bind(ttl_ms)
+                    .bind(max_slot)
+                    .bind(delay_ms)
+            },
             |s| &s.item_abandon,
             move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
         )

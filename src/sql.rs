@@ -30,27 +30,34 @@ pub(crate) const CHANNEL: &str = "pglock";
 /// the database clock, so a waiter knows when to look again. A row that
 /// already carries this owner id (a retry of a statement whose answer was
 /// lost with its connection) is taken again, with a new token.
+///
+/// Lock-delay (`$6`, milliseconds or NULL, stored in `delay_ms`): an
+/// expired row is free only `delay_ms` after its expiry, and `wait_ms`
+/// counts to then. A released row has no expiry (`owner` and `expires_at`
+/// NULL), so it is never delayed. `{s}.ttl($4)` refuses a TTL not above 0.
 const LEASE_ACQUIRE: &str = "\
 WITH cur AS (
-    SELECT token, owner, holder, expires_at FROM {s}.leases WHERE pool = '' AND name = $1
+    SELECT token, owner, holder, expires_at, delay_ms FROM {s}.leases WHERE pool = '' AND name = $1
 ), lk AS (
     SELECT l.name FROM {s}.leases l, cur
      WHERE l.pool = '' AND l.name = $1
-       AND (cur.owner IS NULL OR cur.owner = $2 OR cur.expires_at <= clock_timestamp())
-       AND (l.owner IS NULL OR l.owner = $2 OR l.expires_at <= clock_timestamp())
+       AND (cur.owner IS NULL OR cur.owner = $2
+            OR cur.expires_at + coalesce(cur.delay_ms, 0) * interval '1 ms' <= clock_timestamp())
+       AND (l.owner IS NULL OR l.owner = $2
+            OR l.expires_at + coalesce(l.delay_ms, 0) * interval '1 ms' <= clock_timestamp())
        FOR UPDATE OF l SKIP LOCKED
 ), ins AS (
-    INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data)
+    INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data, delay_ms)
     SELECT '', $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
-           clock_timestamp() + $4 * interval '1 millisecond', $5
+           clock_timestamp() + {s}.ttl($4), $5, $6
      WHERE NOT EXISTS (SELECT 1 FROM cur)
     ON CONFLICT (pool, name) DO NOTHING
     RETURNING l.token, l.expires_at, l.data
 ), upd AS (
     UPDATE {s}.leases AS l
        SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
-           acquired_at = clock_timestamp(),
-           expires_at = clock_timestamp() + $4 * interval '1 millisecond',
+           acquired_at = clock_timestamp(), delay_ms = $6,
+           expires_at = clock_timestamp() + {s}.ttl($4),
            data = coalesce($5, l.data), release_requested = false,
            updated_at = clock_timestamp()
       FROM lk
@@ -62,7 +69,7 @@ UNION ALL
 SELECT true, token, expires_at, data, NULL, NULL FROM upd
 UNION ALL
 SELECT false, token, expires_at, NULL, holder,
-       greatest(0, extract(epoch FROM expires_at - clock_timestamp()) * 1000)::float8
+       greatest(0, extract(epoch FROM expires_at + coalesce(delay_ms, 0) * interval '1 ms' - clock_timestamp()) * 1000)::float8
   FROM cur
  WHERE NOT EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM upd)";
 
@@ -72,7 +79,7 @@ SELECT false, token, expires_at, NULL, holder,
 /// in the result means lost.
 const LEASE_RENEW: &str = "\
 UPDATE {s}.leases AS l
-   SET expires_at = clock_timestamp() + r.ttl_ms * interval '1 millisecond',
+   SET expires_at = clock_timestamp() + {s}.ttl(r.ttl_ms),
        updated_at = clock_timestamp()
   FROM unnest($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::int8[])
        AS r(pool, name, token, owner, ttl_ms)
@@ -83,7 +90,7 @@ RETURNING l.token, l.expires_at, l.release_requested";
 /// Replace the payload, renewing the lease with it.
 const LEASE_SET_DATA: &str = "\
 UPDATE {s}.leases
-   SET data = $5, expires_at = clock_timestamp() + $6 * interval '1 millisecond',
+   SET data = $5, expires_at = clock_timestamp() + {s}.ttl($6),
        updated_at = clock_timestamp()
  WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4 AND expires_at > clock_timestamp()
 RETURNING expires_at, release_requested";
@@ -163,6 +170,17 @@ SELECT pg_notify('pglock', $4)::text FROM rel";
 /// sending it.)
 const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2, $3)::text";
 
+/// The fence of a set of plain leases (`$1` names, `$2` tokens, in the
+/// order the set took them): the same function as [`LEASE_FENCE`], once per
+/// lease, in one statement; the first token that fails raises PGL01 naming
+/// it.
+const SET_FENCE: &str =
+    "SELECT {s}.fence(u.n, u.t)::text FROM unnest($1::text[], $2::int8[]) AS u(n, t)";
+
+/// Wake the waiters and observers of a lease (`$1` its payload): a new
+/// election leader announces itself with it (an acquire sends no NOTIFY).
+const ANNOUNCE: &str = "SELECT pg_notify('pglock', $1)::text";
+
 /// Ask the holder to let go: flag the row and wake it. Returns the token of
 /// the holder that was asked, if the lease is held.
 const LEASE_REQUEST_RELEASE: &str = "\
@@ -199,7 +217,10 @@ SELECT pool, name, coalesce(token, 0) AS token, holder,
        owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
        acquired_at, expires_at, data, release_requested,
        CASE WHEN owner IS NOT NULL
-            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
+            THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms,
+       CASE WHEN owner IS NOT NULL AND expires_at <= clock_timestamp()
+             AND expires_at + delay_ms * interval '1 ms' > clock_timestamp()
+            THEN expires_at + delay_ms * interval '1 ms' END AS delayed_until
   FROM {s}.leases
 "
     };
@@ -250,6 +271,8 @@ pub struct Statements {
     pub item_release: String,
     pub item_complete: String,
     pub lease_fence: String,
+    pub set_fence: String,
+    pub announce: String,
     pub lease_abandon: String,
     pub item_abandon: String,
     pub lease_request_release: String,
@@ -275,6 +298,8 @@ impl Statements {
             item_release: s(ITEM_RELEASE),
             item_complete: s(ITEM_COMPLETE),
             lease_fence: s(LEASE_FENCE),
+            set_fence: s(SET_FENCE),
+            announce: s(ANNOUNCE),
             lease_abandon: s(LEASE_ABANDON),
             item_abandon: s(ITEM_ABANDON),
             lease_request_release: s(LEASE_REQUEST_RELEASE),
@@ -308,6 +333,8 @@ mod tests {
             ("set data", &st.lease_set_data),
             ("release", &st.lease_release),
             ("fence", &st.lease_fence),
+            ("set fence", &st.set_fence),
+            ("announce", &st.announce),
             ("request release", &st.lease_request_release),
             ("release requested", &st.lease_release_requested),
             ("force release", &st.lease_force_release),

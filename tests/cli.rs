@@ -481,6 +481,55 @@ async fn ls_json_shows_what_is_held() {
     lease.release().await.unwrap();
 }
 
+#[tokio::test]
+async fn ls_shows_an_expired_lease_in_its_lock_delay_as_delayed() {
+    let t = db().await;
+    let name = unique("gpu-claim");
+    let lease = t
+        .locks
+        .lease(&name)
+        .lock_delay(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    lease.orphan();
+    // Its holder stopped renewing a moment ago (no sleeping out the TTL).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 ms' \
+         WHERE pool = '' AND name = $1",
+        t.schema
+    )))
+    .bind(&name)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+
+    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("the lease is listed:\n{table}"));
+    assert!(line.contains("delayed"), "{table}");
+    let out = pglock(&t)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = doc["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .expect("the lease is listed")
+        .clone();
+    assert_eq!(row["held"], false);
+    assert!(row["delayed_until"].is_string(), "{row}");
+    t.locks.force_release(&name).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_are_passed_on_and_the_lease_released() {
     let t = db().await;

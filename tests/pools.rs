@@ -434,7 +434,7 @@ async fn claims_use_index_paths_not_scans() {
     for mode in ["force_custom_plan", "force_generic_plan"] {
         exec_on(&mut conn, format!("SET plan_cache_mode = {mode}")).await;
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (COSTS OFF) EXECUTE claim('{name}', '{}', 'w', 30000, NULL)",
+            "EXPLAIN (COSTS OFF) EXECUTE claim('{name}', '{}', 'w', 30000, NULL, NULL)",
             uuid::Uuid::new_v4()
         )))
         .fetch_all(&mut *conn)

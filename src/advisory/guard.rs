@@ -175,6 +175,20 @@ impl AdvisoryGuard {
     }
 }
 
+/// The answer of an unlock statement, or an I/O error (the session is then
+/// closed) if none came within [`UNLOCK_TIMEOUT`].
+pub(crate) async fn unlock_answer(
+    query: impl std::future::Future<Output = std::result::Result<bool, sqlx::Error>>,
+) -> std::result::Result<bool, sqlx::Error> {
+    match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
+        Ok(held) => held,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
+        ))),
+    }
+}
+
 /// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
 /// if the unlock answered that it held the lock and the caller never `used`
 /// the session: a session the caller ran statements on may carry anything
@@ -192,15 +206,7 @@ async fn unlock(
     let query = sqlx::query_scalar::<_, bool>(sql::unlock(mode))
         .bind(key)
         .fetch_one(session.conn());
-    let held = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
-        Ok(held) => held?,
-        Err(_) => {
-            return Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
-            )));
-        }
-    };
+    let held = unlock_answer(query).await?;
     // Reused only after a confirmed unlock on a session the caller never
     // touched.
     session.in_flight = !held || used;

@@ -48,6 +48,7 @@ mod guard;
 mod holders;
 
 pub use guard::AdvisoryGuard;
+pub(crate) use guard::unlock_answer;
 pub use holders::AdvisoryLockInfo;
 
 use std::time::Duration;
@@ -66,6 +67,22 @@ use crate::sql::advisory::{self as sql, Mode, Wait};
 const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// A request for an advisory lock; see [`Locks::advisory`].
+///
+/// # Reentrancy
+///
+/// None (as DistributedLock 2.0 decided; Redisson differs). A second
+/// `advisory(k).lock()` while this process holds `k` takes another session
+/// and waits for the first guard like any other holder: tasks of one
+/// process exclude each other. In the task that holds the guard that wait
+/// can never end, so it returns [`Error::Timeout`] if a
+/// [`timeout`](Self::timeout) is set and blocks forever otherwise: use
+/// [`try_lock`](Self::try_lock) (`None`) or a timeout where a task might
+/// ask twice. Leases are the same: a lease held by this process is not given
+/// to it again (`try_acquire()` returns `None`). Transaction locks
+/// ([`lock_xact`](Self::lock_xact)) follow PostgreSQL: taken twice in one
+/// transaction, both succeed and the lock ends with the transaction. A set
+/// ([`Locks::advisory_all`], [`Locks::lease_all`]) takes each key once even
+/// if named twice.
 #[derive(Debug, Clone)]
 #[must_use = "an Advisory does nothing until lock() or try_lock() is called"]
 pub struct Advisory {

@@ -16,6 +16,8 @@
 //! | `pglock ls [--json]` | leases, held pool items, and advisory locks held in the database |
 //! | `pglock release --force [--pool P] NAME` | release a lease or item whoever holds it |
 //! | `pglock request-release [--pool P] NAME` | ask its holder to let go |
+//! | `pglock elect NAME [--value V] [--ttl 30s] -- CMD…` | campaign in election NAME, run `CMD` while leading it (as `exec --lease election/NAME`), resign when it exits |
+//! | `pglock leader NAME [--watch] [--json]` | who leads NAME (`TOKEN<TAB>VALUE<TAB>HOLDER`; exit 75 if nobody); `--watch`: one line per new leader, in token order |
 //!
 //! Global flags: `--database-url` (or `DATABASE_URL`), `--schema` (or
 //! `PGLOCK_SCHEMA`, default `pglock`), `--holder` (or `PGLOCK_HOLDER`,
@@ -43,9 +45,11 @@
 //!   Ctrl-C on a terminal already reaches the command (it is in pglock's
 //!   foreground process group), so pglock does not pass that SIGINT on
 //!   again. While pglock is still waiting, these signals stop the wait.
-//! - If pglock itself is killed with SIGKILL, it can tell nobody: the
-//!   command runs on and the lease expires after its TTL. Supervisors should
-//!   signal the whole process group.
+//! - If pglock itself is killed with SIGKILL, it can tell nobody: on Linux
+//!   the command gets SIGKILL at once (parent-death signal) and the lease
+//!   expires after its TTL; processes the command started in turn, and the
+//!   command on other systems, run on. Supervisors should signal the whole
+//!   process group.
 //!
 //! A pool item counts as done when its command exits 0: a command stopped
 //! early (SIGTERM on a release request or a signal) should exit non-zero,
@@ -76,7 +80,7 @@
 //! waited); it is silent when stderr is not a terminal. Errors are one
 //! sentence on stderr, with the fix.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 // The crate root is src/bin/pglock.rs: its modules live in src/bin/pglock/.
@@ -88,6 +92,8 @@ mod child;
 mod cli;
 #[path = "pglock/duration.rs"]
 mod duration;
+#[path = "pglock/elect.rs"]
+mod elect;
 #[path = "pglock/exec.rs"]
 mod exec;
 #[path = "pglock/held.rs"]
@@ -157,7 +163,7 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
     // them while it holds something. The other commands hold nothing, and
     // Ctrl-C ends them as usual.
     let mut signals = match cli.command {
-        Command::Exec(_) => Some(
+        Command::Exec(_) | Command::Elect(_) => Some(
             Signals::catch()
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot catch signals: {e}")))?,
         ),
@@ -200,6 +206,11 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
         Command::Ls { json } => admin::ls(&ctx, *json).await,
         Command::Release(args) => admin::release(&ctx, args.force, &args.target).await,
         Command::RequestRelease(target) => admin::request_release(&ctx, target).await,
+        Command::Elect(args) => {
+            let signals = signals.as_mut().expect("caught for elect");
+            elect::elect(&ctx, args, signals).await
+        }
+        Command::Leader { name, watch, json } => elect::leader(&ctx, name, *watch, *json).await,
     };
     ctx.pool.close().await;
     result

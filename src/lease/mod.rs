@@ -75,6 +75,7 @@ pub(crate) struct Terms {
     pub(crate) ttl: Duration,
     pub(crate) timeout: Option<Duration>,
     pub(crate) holder: Option<String>,
+    pub(crate) lock_delay: Option<Duration>,
 }
 
 impl Default for Terms {
@@ -83,6 +84,7 @@ impl Default for Terms {
             ttl: LeaseRequest::DEFAULT_TTL,
             timeout: None,
             holder: None,
+            lock_delay: None,
         }
     }
 }
@@ -96,6 +98,14 @@ impl Terms {
         if let Some(h) = &self.holder {
             validate_name("holder", h)?;
         }
+        if let Some(d) = self.lock_delay
+            && d > LeaseRequest::MAX_TTL
+        {
+            return Err(Error::invalid(
+                "lock_delay",
+                format!("must be at most {:?}, got {d:?}", LeaseRequest::MAX_TTL),
+            ));
+        }
         Ok(())
     }
 
@@ -108,6 +118,14 @@ impl Terms {
 
     pub(crate) fn ttl_ms(&self) -> i64 {
         self.ttl.as_millis() as i64
+    }
+
+    /// The lock-delay in milliseconds, `None` when off (a delay under 1 ms
+    /// rounds up to 1 ms).
+    pub(crate) fn delay_ms(&self) -> Option<i64> {
+        self.lock_delay
+            .filter(|d| !d.is_zero())
+            .map(|d| (d.as_millis() as i64).max(1))
     }
 }
 
@@ -133,6 +151,19 @@ macro_rules! terms_setters {
         /// of pool items matches on it.
         pub fn holder(mut self, holder: impl Into<String>) -> Self {
             self.terms.holder = Some(holder.into());
+            self
+        }
+
+        /// Lock-delay (default off, like Consul's): if this acquisition
+        /// *expires* (its holder died or stalled, it was not released),
+        /// nobody else gets it until `delay` after the expiry, so writes the
+        /// dead holder left in flight on unfenced stores drain first. A
+        /// release, a completion or a forced release is never delayed.
+        /// Waiters wait the delay out (it counts against their timeout);
+        /// [`Locks::leases`](crate::Locks::leases) shows the row's
+        /// `delayed_until` meanwhile. At most 30 days; zero is off.
+        pub fn lock_delay(mut self, delay: std::time::Duration) -> Self {
+            self.terms.lock_delay = Some(delay);
             self
         }
     };
@@ -266,12 +297,20 @@ impl LeaseRequest {
             self.terms.ttl_ms(),
             self.data.clone(),
         );
+        let delay_ms = self.terms.delay_ms();
         let (n, wake) = (self.name.clone(), payload(&db.schema, &self.name));
         let sent = Instant::now();
         let row = db
             .take(
                 |s| &s.lease_acquire,
-                move |q| q.bind(&name).bind(owner).bind(&h).bind(ttl_ms).bind(&data),
+                move |q| {
+                    q.bind(&name)
+                        .bind(owner)
+                        .bind(&h)
+                        .bind(ttl_ms)
+                        .bind(&data)
+                        .bind(delay_ms)
+                },
                 |s| &s.lease_abandon,
                 move |q| q.bind(&n).bind(owner).bind(&wake),
             )

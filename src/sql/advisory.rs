@@ -183,3 +183,27 @@ pub(crate) fn holders(kind: KeyKind) -> String {
         "{HELD}\n   AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = {key}\n ORDER BY l.pid"
     )
 }
+
+/// Lock a set on one session: `$1` string keys (hashed here), `$2` integer
+/// keys, `$3` milliseconds left (NULL: no limit). The subquery sorts and
+/// dedups the numeric keys (`OFFSET 0` keeps it a subquery); the outer
+/// target list runs row by row in that order, left to right: first a
+/// transaction-local `lock_timeout` of what is left since the statement
+/// began, then the lock. A timeout raises 55P03 with some keys already held
+/// by the session (session locks ignore the rollback): the caller then
+/// closes the session.
+pub(crate) const LOCK_ALL: &str = "\
+SELECT s.k, set_config('lock_timeout',
+           CASE WHEN $3::int8 IS NULL THEN '0'
+                ELSE greatest(1, $3::int8 - floor(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::int8)::text || 'ms'
+           END, true) AS t,
+       pg_advisory_lock(s.k)::text AS l
+  FROM (SELECT DISTINCT k
+          FROM (SELECT hashtextextended(t, 0) AS k FROM unnest($1::text[]) AS t
+                UNION ALL SELECT unnest($2::int8[])) u
+         ORDER BY k OFFSET 0) s";
+
+/// Unlock a set (`$1` its numeric keys): true when the session held every
+/// key.
+pub(crate) const UNLOCK_ALL: &str = "\
+SELECT coalesce(bool_and(pg_advisory_unlock(k)), true) FROM unnest($1::int8[]) AS k";

@@ -34,7 +34,9 @@ SELECT count(*) FROM ins";
 ///    connection: the item is claimed again with a new token);
 /// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
 ///    the index entries of items claimed before are never walked;
-/// 3. `expired`: the item whose lease expired first.
+/// 3. `expired`: the item whose lease expired first, once its lock-delay
+///    (`delay_ms`, written from `$6` by the claim that took it) has passed.
+///    A released item has no expiry and is never delayed.
 ///
 /// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
 /// `$5`, when not NULL, limits semaphore claims to permits below it.
@@ -48,16 +50,17 @@ SELECT count(*) FROM ins";
 /// changed the pool since this statement's snapshot (`version`).
 ///
 /// When nothing is claimable, the last branch tells how long until the
-/// first held item expires, whether anything is held at all, and whether a
-/// free item exists that a concurrent claim had locked (nothing free and
-/// nothing held: the pool is drained).
+/// first held item expires (or its lock-delay ends), whether anything is
+/// held at all, and whether a free item exists that a concurrent claim had
+/// locked (nothing free and nothing held: the pool is drained).
 pub(super) const POOL_CLAIM: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
 ), sticky AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND holder = $3 AND NOT done
-       AND (owner IS NULL OR owner = $2 OR expires_at <= clock_timestamp())
+       AND (owner IS NULL OR owner = $2
+            OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
        AND ($5::int4 IS NULL OR slot < $5)
      ORDER BY owner = $2 DESC NULLS LAST
      LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -70,6 +73,7 @@ WITH p AS (
 ), expired AS (
     SELECT name FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
+       AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp()
        AND ($5::int4 IS NULL OR slot < $5)
        AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
      ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -79,8 +83,8 @@ WITH p AS (
 ), claimed AS (
     UPDATE {s}.leases AS l
        SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
-           acquired_at = clock_timestamp(),
-           expires_at = clock_timestamp() + $4 * interval '1 millisecond',
+           acquired_at = clock_timestamp(), delay_ms = $6,
+           expires_at = clock_timestamp() + {s}.ttl($4),
            release_requested = false, updated_at = clock_timestamp()
       FROM pick
      WHERE l.pool = $1 AND l.name = pick.name
@@ -101,9 +105,10 @@ SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
   FROM claimed
 UNION ALL
 SELECT false, NULL, NULL, NULL, NULL,
-       (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
+       (SELECT greatest(0, extract(epoch FROM min(expires_at + coalesce(delay_ms, 0) * interval '1 ms') - clock_timestamp()) * 1000)::float8
           FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at > clock_timestamp()
+         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
+           AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' > clock_timestamp()
            AND ($5::int4 IS NULL OR slot < $5)),
        EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done),
        (SELECT seq FROM {s}.leases

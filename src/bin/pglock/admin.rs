@@ -167,7 +167,7 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
                 vec![
                     l.pool.clone().unwrap_or_else(|| "-".into()),
                     l.name.clone(),
-                    if l.held { "held" } else { "free" }.to_owned(),
+                    state_text(l).to_owned(),
                     l.holder.clone().unwrap_or_else(|| "-".into()),
                     token_text(l.token),
                     expires_text(l),
@@ -231,6 +231,7 @@ fn lease_json(l: &LeaseInfo) -> Value {
         "expires_in_ms": l.expires_in.map(|d| d.num_milliseconds()),
         "data": l.data,
         "release_requested": l.release_requested,
+        "delayed_until": l.delayed_until.map(rfc3339),
     })
 }
 
@@ -254,6 +255,18 @@ fn token_text(token: i64) -> String {
         "-".to_owned()
     } else {
         token.to_string()
+    }
+}
+
+/// `held`, `delayed` (expired, its lock-delay not yet over: nobody can
+/// take it yet) or `free`.
+fn state_text(l: &LeaseInfo) -> &'static str {
+    if l.held {
+        "held"
+    } else if l.delayed_until.is_some() {
+        "delayed"
+    } else {
+        "free"
     }
 }
 

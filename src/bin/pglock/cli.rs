@@ -110,6 +110,63 @@ pub(crate) enum Command {
         after_help = "Examples:\n  pglock request-release nightly-report\n  pglock request-release --pool shards shard-017"
     )]
     RequestRelease(TargetArgs),
+
+    /// Campaign in election NAME and run a command while leading it.
+    #[command(after_help = ELECT_HELP)]
+    Elect(ElectArgs),
+
+    /// Show who leads election NAME (exit 75 if nobody does), or with
+    /// --watch one line per new leader.
+    #[command(
+        after_help = "Output: TOKEN<TAB>VALUE<TAB>HOLDER, one line per leader.\n\nExamples:\n  pglock leader trainer-coordinator\n  pglock leader trainer-coordinator --watch --json"
+    )]
+    Leader {
+        /// The election.
+        name: String,
+        /// Keep watching: print each new leader once, in token order, until
+        /// stopped.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON (one document per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const ELECT_HELP: &str = "\
+The command runs while this candidate leads: the election's lease
+(election/NAME) is renewed meanwhile and released when the command exits.
+It gets the variables of exec --lease, plus PGLOCK_ELECTION and PGLOCK_VALUE.
+If the leadership is lost, the command gets SIGTERM, then SIGKILL after
+--grace, and pglock exits with 70. A dead leader's election passes to a
+waiting candidate after --ttl.
+
+Examples:
+  pglock elect trainer-coordinator --value 10.0.0.7:29500 --ttl 10s -- ./coordinate.sh
+  pglock leader trainer-coordinator --watch";
+
+#[derive(Debug, Args)]
+pub(crate) struct ElectArgs {
+    /// The election.
+    pub(crate) name: String,
+
+    /// The value observers see for this leader [default: the holder label].
+    #[arg(long, value_name = "VALUE")]
+    pub(crate) value: Option<String>,
+
+    /// Leadership TTL: how long the election stays with pglock if pglock
+    /// dies. It is renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+    pub(crate) ttl: Duration,
+
+    /// After a lost leadership, how long the command has between SIGTERM
+    /// and SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub(crate) grace: Duration,
+
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
 }
 
 const POOL_HELP: &str = "\

@@ -220,7 +220,7 @@ async fn exec_pool(
 }
 
 /// The environment of a command holding a lease (or pool item).
-fn lease_env(ctx: &Ctx, lease: &LeaseRef) -> Vec<(&'static str, String)> {
+pub(crate) fn lease_env(ctx: &Ctx, lease: &LeaseRef) -> Vec<(&'static str, String)> {
     vec![
         ("PGLOCK_NAME", lease.name().to_owned()),
         ("PGLOCK_TOKEN", lease.token().to_string()),
@@ -236,7 +236,7 @@ fn lease_env(ctx: &Ctx, lease: &LeaseRef) -> Vec<(&'static str, String)> {
 
 /// Runs the command while `lease` is kept alive, stopping it if the lease
 /// is lost and asking it to stop when a release is requested.
-async fn supervise_lease(
+pub(crate) async fn supervise_lease(
     ctx: &Ctx,
     lease: &LeaseRef,
     argv: &[String],
@@ -254,7 +254,7 @@ async fn supervise_lease(
 
 /// Lets go of `lease` after its command: completes a pool item whose
 /// command exited 0, releases it otherwise. A lost lease becomes exit 70.
-async fn end_lease(
+pub(crate) async fn end_lease(
     ctx: &Ctx,
     lease: Held,
     finished: Result<Finished, Failure>,
