@@ -210,10 +210,10 @@ impl Ha {
     pub async fn wait_primary(&self, within: Duration) -> usize {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(p) = self.primary() {
-                if self.writable_via_haproxy().await {
-                    return p;
-                }
+            if let Some(p) = self.primary()
+                && self.writable_via_haproxy().await
+            {
+                return p;
             }
             assert!(
                 Instant::now() < deadline,
@@ -337,16 +337,15 @@ impl Ha {
                 n.rest("/sync")
             ));
         }
-        if let Some(n) = self.nodes.first() {
-            if let Ok(o) = self
+        if let Some(n) = self.nodes.first()
+            && let Ok(o) = self
                 .command("/usr/bin/patronictl")
                 .arg("-c")
                 .arg(&n.config)
                 .arg("list")
                 .output()
-            {
-                out.push_str(&String::from_utf8_lossy(&o.stdout));
-            }
+        {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
         }
         for node in &self.nodes {
             let log = std::fs::read_to_string(self.dir.join(format!("{}.log", node.name)))
