@@ -4,6 +4,7 @@
 
 mod admin;
 mod advisory;
+mod engine;
 mod error;
 mod keepalive;
 mod key;

@@ -52,6 +52,7 @@ pub(crate) async fn run(locks: &crate::Locks) -> Result<()> {
         migrator.create_schema(inner.quoted_schema.clone());
         migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", inner.quoted_schema));
         migrator.run_direct(None, &mut conn, false).await?;
+        crate::engine::check(&mut conn, &options).await?;
         Ok(())
     }
     .await;
