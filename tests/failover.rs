@@ -749,7 +749,7 @@ async fn asynchronous_replication_loses_acquisitions_and_pglock_reports_it() {
     }
 }
 
-/// Figures for docs/ha.md, not a test of anything (timings belong in
+/// Figures for docs/operations.md, not a test of anything (timings belong in
 /// benchmarks): acquire+release through HAProxy vs direct, how many of 1,000
 /// kept-alive leases survive a switchover, and the time from a SIGKILL of
 /// the primary to the first successful acquire through HAProxy. Run with
