@@ -10,6 +10,8 @@
 
 use sqlx::{Connection, PgConnection};
 
+use crate::sql::{ENGINE_LOCK, ENGINE_LOCK_OTHER, ENGINE_UNLOCK, REPLICATION};
+
 /// The error for a connection that reached a standby: never used, so that
 /// a lock or lease is only ever taken on the primary.
 pub(crate) fn standby_refused() -> sqlx::Error {
@@ -29,27 +31,31 @@ fn check_key() -> i64 {
 
 /// Run by `Locks::migrate` on its connection `first`: the same advisory key
 /// from a second session must be refused while `first` holds it; then
-/// warns if the server has replicas but commits wait for none.
+/// refuses a server that has standbys but whose commits wait for none
+/// (asynchronous replication: a failover can lose acquisitions), or only
+/// warns with `allow_async` ([`LocksBuilder::allow_async_replication`]).
 ///
-/// Three round trips on `first`, two on a second connection opened with
+/// Four round trips on `first`, two on a second connection opened with
 /// `options`; only at migrate time.
+///
+/// [`LocksBuilder::allow_async_replication`]: crate::LocksBuilder::allow_async_replication
 pub(crate) async fn check(
     first: &mut PgConnection,
     options: &sqlx::postgres::PgConnectOptions,
+    allow_async: bool,
 ) -> crate::Result<()> {
     let key = check_key();
-    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+    let held: bool = sqlx::query_scalar(ENGINE_LOCK)
         .bind(key)
         .fetch_one(&mut *first)
         .await?;
     let mut second = PgConnection::connect_with(options).await?;
-    let also: Result<bool, sqlx::Error> =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1) AND pg_advisory_unlock($1)")
-            .bind(key)
-            .fetch_one(&mut second)
-            .await;
+    let also: Result<bool, sqlx::Error> = sqlx::query_scalar(ENGINE_LOCK_OTHER)
+        .bind(key)
+        .fetch_one(&mut second)
+        .await;
     let _ = second.close().await;
-    let _: Option<bool> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+    let _: Option<bool> = sqlx::query_scalar(ENGINE_UNLOCK)
         .bind(key)
         .fetch_optional(&mut *first)
         .await?;
@@ -61,19 +67,66 @@ pub(crate) async fn check(
              that locks (CockroachDB, some YugabyteDB versions); pglock refuses to run on it",
         ));
     }
-    let (sync_names, replicas): (String, i64) = sqlx::query_as(
-        "SELECT current_setting('synchronous_standby_names'), \
-         (SELECT count(*) FROM pg_stat_replication)",
-    )
-    .fetch_one(&mut *first)
-    .await?;
-    if replicas > 0 && sync_names.trim().is_empty() {
+    let (sync_names, sync_commit, standbys): (String, String, i64) =
+        sqlx::query_as(REPLICATION).fetch_one(&mut *first).await?;
+    let Some(why) = not_replicated(&sync_names, &sync_commit, standbys) else {
+        return Ok(());
+    };
+    if allow_async {
         tracing::warn!(
-            replicas,
-            "the server replicates asynchronously (synchronous_standby_names is empty): a \
-             failover can lose acquisitions, hand a lease to a second holder and reissue \
-             fencing tokens; use synchronous replication (Patroni: synchronous_mode: true)"
+            standbys,
+            "{why}: a failover can lose acquisitions, hand a lease to a second holder and \
+             reissue fencing tokens (allowed by LocksBuilder::allow_async_replication)"
         );
+        return Ok(());
     }
-    Ok(())
+    Err(crate::Error::invalid(
+        "allow_async_replication",
+        format!(
+            "{why}: a failover can lose acquisitions, hand a lease to a second holder and \
+             reissue fencing tokens; use synchronous replication (Patroni: synchronous_mode: \
+             true), or accept the risk with LocksBuilder::allow_async_replication(true) \
+             (CLI: --allow-async-replication)"
+        ),
+    ))
+}
+
+/// Why commits on a server with `standbys` streaming standbys do not wait
+/// for one, if they do not: no synchronous standby named, or pglock's
+/// sessions commit with `synchronous_commit` below `on`.
+fn not_replicated(sync_names: &str, sync_commit: &str, standbys: i64) -> Option<String> {
+    if standbys == 0 {
+        None
+    } else if sync_names.trim().is_empty() {
+        Some(format!(
+            "the server has {standbys} standby(s) but synchronous_standby_names is empty \
+             (asynchronous replication)"
+        ))
+    } else if !matches!(sync_commit, "on" | "remote_apply") {
+        Some(format!(
+            "the server has {standbys} standby(s) but pglock's sessions commit with \
+             synchronous_commit = {sync_commit}, which does not wait for a standby's flush"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_replicated;
+
+    #[test]
+    fn replication_is_checked_only_with_standbys() {
+        assert_eq!(not_replicated("", "on", 0), None);
+        assert_eq!(not_replicated("\"node2\"", "on", 1), None);
+        assert_eq!(not_replicated("*", "remote_apply", 2), None);
+        assert!(
+            not_replicated(" ", "on", 1)
+                .unwrap()
+                .contains("synchronous_standby_names")
+        );
+        assert!(not_replicated("*", "local", 1).unwrap().contains("= local"));
+        assert!(not_replicated("*", "remote_write", 1).is_some());
+    }
 }

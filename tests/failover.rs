@@ -64,10 +64,16 @@ fn pool_on(url: &str, max: u32) -> PgPool {
         .unwrap()
 }
 
-/// A pool through HAProxy that retries until the primary answers.
+/// A pool through HAProxy that retries until the primary answers; the
+/// schema migrated (accepting asynchronous replication on the asynchronous
+/// cluster: its refusal is checked in its own test).
 async fn setup_schema(ha: &Ha, schema: &str) -> PgPool {
     let pool = pool_on(&ha.url(), 4);
-    let locks = Locks::builder(pool.clone()).schema(schema).build().unwrap();
+    let locks = Locks::builder(pool.clone())
+        .schema(schema)
+        .allow_async_replication(!ha.synchronous)
+        .build()
+        .unwrap();
     locks.migrate().await.expect("migrate through HAProxy");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {schema}.counter (id bigint PRIMARY KEY, value bigint NOT NULL);
@@ -645,6 +651,34 @@ async fn asynchronous_replication_loses_acquisitions_and_pglock_reports_it() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut ha = Ha::start(false).await;
     let schema = format!("ha_{}", uuid::Uuid::new_v4().simple());
+    // migrate() refuses a server with a standby that commits do not wait
+    // for, unless told to accept it.
+    let probe = pool_on(&ha.url(), 1);
+    support::eventually(30, "the standby streams from the primary", || {
+        let probe = probe.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .fetch_one(&probe)
+            .await
+            .is_ok_and(|n| n > 0)
+        }
+    })
+    .await;
+    let refused = Locks::builder(probe.clone())
+        .schema(schema.clone())
+        .build()
+        .unwrap()
+        .migrate()
+        .await
+        .expect_err("migrate refuses asynchronous replication");
+    assert!(
+        matches!(&refused, Error::InvalidInput { field, .. } if *field == "allow_async_replication"),
+        "{refused:?}"
+    );
+    println!("async: migrate refused: {refused}");
+    probe.close().await;
     let pool = setup_schema(&ha, &schema).await;
     let locks = Locks::builder(pool_on(&ha.url(), 4))
         .schema(schema.clone())
