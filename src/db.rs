@@ -47,6 +47,8 @@ pub(crate) struct Db {
     pub(crate) session_options: Option<PgConnectOptions>,
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
+    /// `migrate` accepts asynchronous replication (with a warning).
+    pub(crate) allow_async_replication: bool,
     /// Every statement on pglock's tables, with the schema filled in.
     pub(crate) sql: Statements,
     /// The shared LISTEN connection of waiters.
@@ -84,6 +86,7 @@ impl Db {
             session_options,
             schema,
             quoted_schema,
+            allow_async_replication: false,
         }
     }
 

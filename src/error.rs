@@ -46,7 +46,10 @@ pub enum Error {
         pool: String,
     },
 
-    /// An argument broke a rule; nothing was sent to the database.
+    /// An argument broke a rule; nothing was sent to the database. From
+    /// [`Locks::migrate`](crate::Locks::migrate) also a server pglock
+    /// refuses (`database`, `allow_async_replication`): only the checks'
+    /// queries ran, nothing was installed.
     #[error("invalid {field}: {rule}")]
     InvalidInput {
         /// The argument, e.g. `lease name` or `ttl`.

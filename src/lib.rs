@@ -127,6 +127,7 @@ mod admin;
 mod advisory;
 mod db;
 mod election;
+mod engine;
 mod error;
 mod key;
 mod lease;

@@ -78,6 +78,7 @@ impl Locks {
             statement_connections: Locks::DEFAULT_STATEMENT_CONNECTIONS,
             transaction_pooler: false,
             session_options: None,
+            allow_async_replication: false,
         }
     }
 
@@ -91,7 +92,11 @@ impl Locks {
     /// [`Error::InvalidInput`] with
     /// [`transaction_pooler`](LocksBuilder::transaction_pooler) and no
     /// [`session_options`](LocksBuilder::session_options) (the migration
-    /// holds a session advisory lock).
+    /// holds a session advisory lock); [`Error::InvalidInput`] (`database`)
+    /// when advisory locks do not exclude on the server (checked with a
+    /// second session), and (`allow_async_replication`) when the server has
+    /// streaming standbys but commits wait for none, unless
+    /// [`allow_async_replication`](LocksBuilder::allow_async_replication).
     ///
     /// # Examples
     ///
@@ -152,6 +157,7 @@ pub struct LocksBuilder {
     statement_connections: u32,
     transaction_pooler: bool,
     session_options: Option<PgConnectOptions>,
+    allow_async_replication: bool,
 }
 
 impl LocksBuilder {
@@ -222,6 +228,20 @@ impl LocksBuilder {
         self
     }
 
+    /// Accept a server that replicates asynchronously (default `false`).
+    ///
+    /// [`Locks::migrate`] refuses, with [`Error::InvalidInput`]
+    /// (`allow_async_replication`), a server with streaming standbys whose
+    /// commits wait for none (`synchronous_standby_names` empty, or
+    /// `synchronous_commit` below `on` for pglock's sessions): a failover
+    /// there can lose the last acquisitions, hand a lease to a second holder
+    /// and hand out a fencing token again. With `true` it logs a warning
+    /// (`tracing`) instead. The check runs only in `migrate`, one round trip.
+    pub fn allow_async_replication(mut self, yes: bool) -> Self {
+        self.allow_async_replication = yes;
+        self
+    }
+
     /// Checks the options and creates the handle. No connection is opened.
     ///
     /// # Errors
@@ -262,7 +282,7 @@ impl LocksBuilder {
             max_sessions: self.max_sessions,
             statement_connections: self.statement_connections,
         };
-        let db = Db::new(
+        let mut db = Db::new(
             self.pool,
             self.schema,
             quoted_schema,
@@ -270,6 +290,7 @@ impl LocksBuilder {
             self.session_options,
             limits,
         );
+        db.allow_async_replication = self.allow_async_replication;
         Ok(Locks {
             inner: Arc::new(Inner {
                 db: Arc::new(db),

@@ -52,6 +52,8 @@ pub(crate) async fn run(db: &Db) -> Result<()> {
         let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
         migrator.create_schema(db.quoted_schema.clone());
         migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", db.quoted_schema));
+        // Before anything is installed: a server pglock refuses gets no schema.
+        crate::engine::check(&mut conn, &options, db.allow_async_replication).await?;
         migrator.run_direct(None, &mut conn, false).await?;
         Ok(())
     }

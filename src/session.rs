@@ -26,11 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Run on every new connection of pglock's: learn which server session it
-/// is (for `AdvisoryGuard::lost`), wait for locks without a time limit unless
+/// is (for `AdvisoryGuard::lost`) and whether it is a standby (refused:
+/// `engine::standby_refused`), wait for locks without a time limit unless
 /// a statement sets one (whatever the connect options say), and commit
 /// durably (see `Sessions::connect`).
 const SESSION_SETUP: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time(), \
-     set_config('lock_timeout', '0', false), \
+     pg_is_in_recovery(), set_config('lock_timeout', '0', false), \
      CASE WHEN current_setting('synchronous_commit') = 'off' \
           THEN set_config('synchronous_commit', 'on', false) END";
 
@@ -41,7 +42,8 @@ const SESSION_SETUP: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time()
 /// pooler hands it to next). The pid is read only to fill [`ConnId`]; it is
 /// never used for statement connections. The settings move to
 /// [`POOLED_BEGIN`], transaction-local.
-const SESSION_SETUP_POOLED: &str = "SELECT pg_backend_pid(), pg_postmaster_start_time()";
+const SESSION_SETUP_POOLED: &str =
+    "SELECT pg_backend_pid(), pg_postmaster_start_time(), pg_is_in_recovery()";
 
 /// Opens the transaction each statement runs in behind a transaction-mode
 /// pooler, with [`SESSION_SETUP`]'s settings made transaction-local
@@ -221,6 +223,13 @@ impl Sessions {
             pid: row.try_get(0)?,
             started: row.try_get(1)?,
         };
+        // A connection that reached a standby (a failover in progress, a
+        // stale DNS name): its advisory locks would exclude nothing on the
+        // primary. Closed, never used.
+        if row.try_get::<bool, _>(2)? {
+            close(conn);
+            return Err(crate::engine::standby_refused());
+        }
         // A session whose client went away (a cancelled lock() closes its
         // socket) ends within 250 ms even while it waits for a lock, and so
         // releases everything it held or was about to be granted. Not

@@ -316,6 +316,32 @@ impl Statements {
     }
 }
 
+/// `migrate`'s engine check, first session: take a random advisory key.
+pub(crate) const ENGINE_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+
+/// `migrate`'s engine check, second session: the key held by the first must
+/// be refused here (given back at once if an engine grants it anyway).
+pub(crate) const ENGINE_LOCK_OTHER: &str =
+    "SELECT pg_try_advisory_lock($1) AND pg_advisory_unlock($1)";
+
+/// `migrate`'s engine check, first session: give the key back.
+pub(crate) const ENGINE_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// `migrate`'s replication check, one round trip: the standbys streaming
+/// from this server (physical walsenders: a logical subscriber or a base
+/// backup loses no acquisition in a failover; rows without `state`, as a
+/// role without `pg_read_all_stats` sees them, count), whether commits wait
+/// for one, and the `synchronous_commit` pglock's sessions run with (they
+/// raise `off` to `on`).
+pub(crate) const REPLICATION: &str = "\
+SELECT current_setting('synchronous_standby_names') AS sync_names,
+       CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on'
+            ELSE current_setting('synchronous_commit') END AS sync_commit,
+       (SELECT count(*) FROM pg_stat_replication r
+         WHERE r.state IS DISTINCT FROM 'backup'
+           AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                            WHERE s.active_pid = r.pid AND s.slot_type = 'logical')) AS standbys";
+
 #[cfg(test)]
 mod tests {
     use super::*;

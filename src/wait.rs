@@ -216,6 +216,24 @@ pub(crate) fn payload(schema: &str, topic: &str) -> String {
 /// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a waiter whose look lost its connection waits before it looks
+/// again (a failover takes seconds; a restart less).
+const RECONNECT_WAIT: Duration = Duration::from_millis(250);
+
+/// Whether `e` says the server went away or cannot be reached now (a dead
+/// connection, a refused connect, a standby where the primary was), not
+/// that the statement failed: a waiter looks again.
+fn connection_lost(e: &Error) -> bool {
+    match e {
+        Error::Database(e) => {
+            crate::session::is_dead(e)
+                || matches!(e, sqlx::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused)
+        }
+        _ => false,
+    }
+}
+
 /// What one look at the database found.
 pub(crate) enum Look<T> {
     /// Got it.
@@ -255,7 +273,9 @@ where
 /// for (at most [`MAX_WAIT`], plus jitter) has passed. Subscribes only after
 /// a first look failed, and looks once more right after subscribing, so a
 /// wake-up sent between the two is never missed and an uncontended wait
-/// starts no LISTEN connection.
+/// starts no LISTEN connection. The first look's errors are returned; after
+/// it, a look that loses its connection (see [`connection_lost`]) is
+/// repeated until the caller's timeout, so a waiter rides over a failover.
 pub(crate) async fn until_done<T, F, Fut, L, LFut>(
     hub: &Hub,
     topic: &str,
@@ -277,11 +297,21 @@ where
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
         let local = local();
-        let sleep = match attempt().await? {
-            Look::Done(v) => return Ok(v),
-            Look::Again(d) => Some(d.min(MAX_WAIT) + jitter()),
-            Look::WhenWoken if hub.listens() => None,
-            Look::WhenWoken => Some(MAX_WAIT + jitter()),
+        let sleep = match attempt().await {
+            Ok(Look::Done(v)) => return Ok(v),
+            Ok(Look::Again(d)) => Some(d.min(MAX_WAIT) + jitter()),
+            Ok(Look::WhenWoken) if hub.listens() => None,
+            Ok(Look::WhenWoken) => Some(MAX_WAIT + jitter()),
+            // The server went away under a waiter (a failover, a restart,
+            // a terminated backend): look again on a new connection. Safe:
+            // every look takes with an owner id of its own, and a look
+            // whose outcome is unknown is given back by that owner id
+            // (`Db::take`), so it never frees what a later look took.
+            Err(e) if connection_lost(&e) => {
+                tracing::warn!(error = %e, "a waiter lost its connection; looking again");
+                Some(RECONNECT_WAIT + jitter())
+            }
+            Err(e) => return Err(e),
         };
         let sleep = async {
             match sleep {

@@ -227,7 +227,9 @@ async fn connect(cli: &Cli, ui: Ui) -> Result<Ctx, Failure> {
     };
     let options = PgConnectOptions::from_str(url).map_err(Failure::from_sqlx)?;
     let build = |pool: PgPool| {
-        let mut builder = Locks::builder(pool).schema(cli.schema.as_str());
+        let mut builder = Locks::builder(pool)
+            .schema(cli.schema.as_str())
+            .allow_async_replication(cli.allow_async_replication);
         if let Some(holder) = &cli.holder {
             builder = builder.holder(holder.as_str());
         }

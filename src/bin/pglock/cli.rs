@@ -56,6 +56,16 @@ pub(crate) struct Cli {
     #[arg(long, env = "PGLOCK_HOLDER", global = true, help_heading = GLOBAL)]
     pub(crate) holder: Option<String>,
 
+    /// Let `migrate` accept a server that replicates asynchronously (it
+    /// warns instead of refusing): a failover there can lose acquisitions
+    #[arg(
+        long,
+        env = "PGLOCK_ALLOW_ASYNC_REPLICATION",
+        global = true,
+        help_heading = GLOBAL
+    )]
+    pub(crate) allow_async_replication: bool,
+
     /// Print nothing but errors and the output asked for.
     #[arg(
         short,
