@@ -42,9 +42,14 @@
 //!   Ctrl-C on a terminal already reaches the command (it is in pglock's
 //!   foreground process group), so pglock does not pass that SIGINT on
 //!   again. While pglock is still waiting, these signals stop the wait.
-//! - If pglock itself is killed with SIGKILL, it can tell nobody: the
-//!   command runs on and the lease expires after its TTL. Supervisors should
-//!   signal the whole process group.
+//! - If pglock itself is killed with SIGKILL, it can tell nobody. On Linux
+//!   the kernel then kills the command too (`PR_SET_PDEATHSIG`): it cannot
+//!   run on while the lease expires and a next holder starts. That covers
+//!   the command pglock started, not processes the command starts in the
+//!   background (a shell script's helpers): make the command `exec` its
+//!   last program, or have it stop its own children. On other platforms the
+//!   command runs on until it ends by itself; supervisors should signal the
+//!   whole process group there.
 //!
 //! A pool item counts as done when its command exits 0: a command stopped
 //! early (SIGTERM on a release request or a signal) should exit non-zero,
@@ -74,6 +79,9 @@
 //! it waits for, who holds it, time left on the holder's lease, time
 //! waited); it is silent when stderr is not a terminal. Errors are one
 //! sentence on stderr, with the fix.
+
+// One narrowly scoped exception, in child.rs: the parent-death signal.
+#![deny(unsafe_code)]
 
 // The crate root is src/bin/pglock.rs: its modules live in src/bin/pglock/.
 #[path = "pglock/admin.rs"]

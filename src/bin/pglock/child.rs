@@ -137,6 +137,7 @@ where
     if own_group {
         command.process_group(0);
     }
+    die_with_pglock(&mut command);
     let mut child = command.spawn().map_err(|e| not_started(program, &e))?;
     let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
     // kill(2) signals a process group given as a negative pid.
@@ -216,6 +217,41 @@ where
     }
     Ok(finished)
 }
+
+/// Makes the kernel SIGKILL the command when pglock dies, however it dies
+/// (SIGKILL included, when pglock can tell nobody): the command must not run
+/// on without the lock. Linux only (`PR_SET_PDEATHSIG`, kept across
+/// `execve` of a binary that is not set-user-ID); elsewhere nothing is set
+/// and a command outlives a SIGKILLed pglock until it ends by itself.
+///
+/// The death signal is tied to the thread that started the command; pglock
+/// starts it from the runtime's main thread (`block_on`), which lives as
+/// long as pglock.
+#[cfg(target_os = "linux")]
+// The one `unsafe` of the CLI: std and tokio offer no safe way to run code
+// in the child between fork and exec, and the parent-death signal can only
+// be set by the child itself. The closure calls only async-signal-safe
+// system calls (prctl, getppid) and allocates nothing.
+#[allow(unsafe_code)]
+fn die_with_pglock(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it makes two
+    // system calls and touches no lock, allocator or shared state.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // pglock may have died between fork and prctl: then the signal
+            // will never come, and the command must not start.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("pglock exited before the command started"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_pglock(_command: &mut Command) {}
 
 /// How often pglock looks whether a lost command's process group is empty.
 const GROUP_POLL: Duration = Duration::from_millis(50);
