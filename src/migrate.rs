@@ -26,8 +26,39 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// The versions and checksums of the migrations applied to a schema.
+/// `{s}` stands for the quoted schema. -- why: an up-to-date schema makes
+/// `migrate` a no-op that needs no CREATE privilege, so that a
+/// least-privilege role can run `pglock migrate && …`. A missing table (or
+/// no right to read it) is an error, and migrate then goes the full way.
+const APPLIED: &str = "SELECT version, checksum FROM {s}._pglock_migrations WHERE success";
+
+/// Whether every migration this build knows is applied, with the same
+/// checksum: then there is nothing to do (and nothing that needs rights
+/// beyond reading the migrations table).
+async fn up_to_date(locks: &crate::Locks) -> bool {
+    let inner = &locks.inner;
+    let sql = APPLIED.replace("{s}", &inner.quoted_schema);
+    let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .persistent(!inner.transaction_pooler)
+        .fetch_all(&inner.pool)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(_) => return false,
+    };
+    MIGRATIONS.iter().all(|m| {
+        applied
+            .iter()
+            .any(|(v, c)| *v == m.version && c[..] == m.checksum[..])
+    })
+}
+
 pub(crate) async fn run(locks: &crate::Locks) -> Result<()> {
     let inner = &locks.inner;
+    if up_to_date(locks).await {
+        return Ok(());
+    }
     let options = match &inner.session_options {
         Some(o) => o.clone(),
         // sqlx's migrator holds a session advisory lock across statements.

@@ -454,6 +454,26 @@ impl Lease {
         release(&self.handle).await
     }
 
+    /// Releases the lease like [`release`](Self::release), retrying while
+    /// the database fails or cannot be reached (a restart, a failover), for
+    /// up to `within` in all: for a caller that must know whether the lease
+    /// is still standing (`pglock exec` on its way out).
+    ///
+    /// An attempt cut short by the connection may have committed all the
+    /// same: the next one then finds the lease no longer ours and returns
+    /// [`Error::LeaseLost`], as it does for a lease that expired meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] as for `release`; after `within`, the last
+    /// [`Error::Database`], or [`Error::Timeout`] if no attempt answered.
+    pub async fn release_within(mut self, within: Duration) -> Result<()> {
+        self.done = true;
+        self.stop_keep_alive();
+        let what = format!("release of lease {:?}", self.name());
+        retry_within(within, what, || release(&self.handle)).await
+    }
+
     /// Marks a pool item done for good: it is never claimed again. Wakes the
     /// pool's waiters.
     ///
@@ -578,6 +598,39 @@ async fn release(h: &LeaseRef) -> Result<()> {
         &sql.item_release
     };
     finish(h, statement, true).await
+}
+
+/// Runs `attempt` until it returns anything but [`Error::Database`], or
+/// until `within` has passed, pausing 100 ms, then up to 1 s, between
+/// attempts.
+async fn retry_within<F, Fut>(within: Duration, what: String, mut attempt: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(100);
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, attempt()).await {
+            Ok(Err(Error::Database(e))) => last = Some(e),
+            Ok(outcome) => return outcome,
+            Err(_) => break,
+        }
+        if Instant::now() + pause >= deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+    Err(match last {
+        Some(e) => Error::Database(e),
+        None => Error::Timeout {
+            what,
+            waited: within,
+        },
+    })
 }
 
 /// Runs a release or complete statement (`$1` pool, `$2` name, `$3` token,

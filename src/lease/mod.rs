@@ -298,6 +298,16 @@ pub(crate) fn local_ttl(ttl: Duration) -> Duration {
     ttl - ttl / 10
 }
 
+/// Whether a string or key anywhere in `data` holds a NUL character.
+fn contains_nul(data: &Value) -> bool {
+    match data {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < MIN_TTL || ttl > MAX_TTL {
         return Err(Error::invalid(
@@ -316,6 +326,13 @@ pub(crate) fn validate_timeout(t: Duration) -> Result<()> {
 }
 
 pub(crate) fn validate_data(data: &Value) -> Result<()> {
+    // PostgreSQL's jsonb cannot hold \u0000: refused here, before any SQL.
+    if contains_nul(data) {
+        return Err(Error::invalid(
+            "data",
+            "JSON must not contain NUL characters (\\u0000): jsonb cannot store them",
+        ));
+    }
     let len = serde_json::to_vec(data)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);

@@ -243,7 +243,9 @@ fn die_with_pglock(command: &mut Command) {
             // pglock may have died between fork and prctl: then the signal
             // will never come, and the command must not start.
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("pglock exited before the command started"));
+                return Err(std::io::Error::other(
+                    "pglock exited before the command started",
+                ));
             }
             Ok(())
         });

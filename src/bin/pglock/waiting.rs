@@ -77,6 +77,7 @@ async fn lease_holder(ctx: &Ctx, pool: &str, name: &str) -> Result<Option<String
     let row = sqlx::query(sqlx::AssertSqlSafe(ctx.sql(sql::LEASE_HOLDER)))
         .bind(pool)
         .bind(name)
+        .persistent(false)
         .fetch_optional(&ctx.pool)
         .await
         .map_err(|e| Failure::from_lib(pglock_error(e, ctx)))?;
@@ -94,6 +95,7 @@ async fn lease_holder(ctx: &Ctx, pool: &str, name: &str) -> Result<Option<String
 async fn advisory_holders(ctx: &Ctx, key: &str) -> Result<Option<String>, Failure> {
     let rows = sqlx::query(sql::ADVISORY_HOLDERS)
         .bind(key)
+        .persistent(false)
         .fetch_all(&ctx.pool)
         .await?;
     let mut who = Vec::new();
@@ -200,6 +202,7 @@ pub(crate) async fn lease_loss(ctx: &Ctx, pool: &str, name: &str, token: i64) ->
     let row = sqlx::query(sqlx::AssertSqlSafe(ctx.sql(sql::LEASE_NOW)))
         .bind(pool)
         .bind(name)
+        .persistent(false)
         .fetch_optional(&ctx.pool);
     let row = match tokio::time::timeout(LOOKUP_TIMEOUT, row).await {
         Ok(Ok(Some(row))) => row,
