@@ -12,9 +12,11 @@
 //! [`LocksBuilder::session_options`](crate::LocksBuilder::session_options).
 
 use sqlx::migrate::Migrator;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, Row};
 
+use crate::db::{Db, Repeat};
 use crate::error::Result;
+use crate::session::Pooler;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
@@ -26,27 +28,21 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// The versions and checksums of the migrations applied to a schema.
-/// `{s}` stands for the quoted schema. -- why: an up-to-date schema makes
-/// `migrate` a no-op that needs no CREATE privilege, so that a
-/// least-privilege role can run `pglock migrate && …`. A missing table (or
-/// no right to read it) is an error, and migrate then goes the full way.
-const APPLIED: &str = "SELECT version, checksum FROM {s}._pglock_migrations WHERE success";
-
 /// Whether every migration this build knows is applied, with the same
 /// checksum: then there is nothing to do (and nothing that needs rights
-/// beyond reading the migrations table).
-async fn up_to_date(locks: &crate::Locks) -> bool {
-    let inner = &locks.inner;
-    let sql = APPLIED.replace("{s}", &inner.quoted_schema);
-    let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .persistent(!inner.transaction_pooler)
-        .fetch_all(&inner.pool)
+/// beyond reading the migrations table). Any error (no table, no right to
+/// read it) means "not known to be up to date".
+async fn up_to_date(db: &Db) -> bool {
+    let Ok(rows) = db
+        .fetch_all(Repeat::Safe, &db.sql.migrations_applied, |q| q)
         .await
-    {
-        Ok(rows) => rows,
-        Err(_) => return false,
+    else {
+        return false;
     };
+    let applied: Vec<(i64, Vec<u8>)> = rows
+        .iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+        .collect();
     MIGRATIONS.iter().all(|m| {
         applied
             .iter()
@@ -54,34 +50,33 @@ async fn up_to_date(locks: &crate::Locks) -> bool {
     })
 }
 
-pub(crate) async fn run(locks: &crate::Locks) -> Result<()> {
-    let inner = &locks.inner;
-    if up_to_date(locks).await {
+pub(crate) async fn run(db: &Db) -> Result<()> {
+    if up_to_date(db).await {
         return Ok(());
     }
-    let options = match &inner.session_options {
+    let options = match &db.session_options {
         Some(o) => o.clone(),
         // sqlx's migrator holds a session advisory lock across statements.
-        None if inner.transaction_pooler => {
-            return Err(crate::Error::invalid(
+        None if db.pooler == Pooler::TransactionMode => {
+            return Err(crate::error::Error::invalid(
                 "migrate",
                 "migrate needs a session (it holds a session advisory lock); behind a \
                  transaction-mode pooler give LocksBuilder::session_options(..) a direct or \
                  session-mode connection, or migrate through a direct pool",
             ));
         }
-        None => (*inner.pool.connect_options()).clone(),
+        None => (*db.pool.connect_options()).clone(),
     };
     let mut conn = PgConnection::connect_with(&options).await?;
     let result = async {
         conn.execute(sqlx::AssertSqlSafe(format!(
             "SET search_path TO {}",
-            inner.quoted_schema
+            db.quoted_schema
         )))
         .await?;
         let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
-        migrator.create_schema(inner.quoted_schema.clone());
-        migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", inner.quoted_schema));
+        migrator.create_schema(db.quoted_schema.clone());
+        migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", db.quoted_schema));
         migrator.run_direct(None, &mut conn, false).await?;
         Ok(())
     }
