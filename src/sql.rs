@@ -10,7 +10,7 @@ mod admin;
 pub(crate) mod advisory;
 mod pool;
 
-use admin::MIGRATIONS_APPLIED;
+use admin::{LEASE_GC, MIGRATIONS_APPLIED};
 
 use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_STATUS};
 
@@ -266,6 +266,7 @@ pub struct Statements {
     pub pool_items: String,
     pub rate_take: String,
     pub migrations_applied: String,
+    pub lease_gc: String,
 }
 
 impl Statements {
@@ -292,6 +293,7 @@ impl Statements {
             pool_items: s(POOL_ITEMS),
             rate_take: s(RATE_TAKE),
             migrations_applied: s(MIGRATIONS_APPLIED),
+            lease_gc: s(LEASE_GC),
         }
     }
 }
@@ -326,6 +328,7 @@ mod tests {
             ("pool status", &st.pool_status),
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),
+            ("gc", &st.lease_gc),
         ];
         for (name, sql) in statements {
             assert!(

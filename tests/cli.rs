@@ -1136,3 +1136,44 @@ async fn through_a_transaction_pooler_with_its_flags() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn an_unknown_pool_exits_1_saying_pool_add_creates_it() {
+    let t = db().await;
+    let pool = unique("no-such-pool");
+    for args in [
+        vec!["exec", "--pool", &pool, "--", "true"],
+        vec!["exec", "--pool", &pool, "--all", "--", "true"],
+        vec!["pool", "status", &pool],
+    ] {
+        let out = pglock(&t).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("no pool named {pool:?}")) && err.contains("pglock pool add"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn gc_deletes_free_lease_rows() {
+    let t = db().await;
+    let name = unique("gc");
+    pglock(&t)
+        .args(["exec", "--lease", &name, "--", "true"])
+        .assert()
+        .success();
+    pglock(&t)
+        .args(["gc", "--older-than", "1h"])
+        .assert()
+        .success()
+        .stdout("deleted 0 free lease rows\n");
+    assert!(t.locks.lease_info(&name).await.unwrap().is_some());
+    pglock(&t)
+        .args(["gc", "--older-than", "0s"])
+        .assert()
+        .success()
+        .stdout("deleted 1 free lease rows\n");
+    assert!(t.locks.lease_info(&name).await.unwrap().is_none());
+}

@@ -205,6 +205,7 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
             admin::pool_status(&ctx, pool, *items, *json).await
         }
         Command::Ls { json } => admin::ls(&ctx, *json).await,
+        Command::Gc { older_than } => admin::gc(&ctx, *older_than).await,
         Command::Release(args) => admin::release(&ctx, args.force, &args.target).await,
         Command::RequestRelease(target) => admin::request_release(&ctx, target).await,
     };

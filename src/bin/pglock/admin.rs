@@ -34,6 +34,13 @@ pub(crate) async fn migrate(ctx: &Ctx) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `pglock gc`: prints how many rows went.
+pub(crate) async fn gc(ctx: &Ctx, older_than: std::time::Duration) -> Result<u8, Failure> {
+    let n = ctx.locks.gc(older_than).await?;
+    println!("deleted {n} free lease rows");
+    Ok(0)
+}
+
 /// Reads the items of `pool add --from-file`: one a line, trimmed, empty
 /// lines skipped; `-` is standard input.
 pub(crate) fn read_items(path: &Path) -> Result<Vec<String>, Failure> {

@@ -132,6 +132,15 @@ pub(crate) enum Command {
     )]
     Release(ReleaseArgs),
 
+    /// Delete the rows of free (released or expired) plain leases unchanged
+    /// for --older-than; pool items and semaphore permits stay.
+    #[command(after_help = "Examples:\n  pglock gc\n  pglock gc --older-than 1h")]
+    Gc {
+        /// Only rows free and unchanged for at least this long.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration::parse)]
+        older_than: Duration,
+    },
+
     /// Ask the holder of a lease (or pool item) to let go: a holder running
     /// under `pglock exec` sends its command SIGTERM.
     #[command(

@@ -82,6 +82,10 @@ impl Failure {
             Error::PoolDrained { pool } => Failure::not_obtained(format!(
                 "pool {pool:?} is drained: every item is done (or it has none); nothing to run"
             )),
+            Error::PoolNotFound { pool } => Failure::new(
+                EXIT_FAILURE,
+                format!("no pool named {pool:?}; pglock pool add creates one"),
+            ),
             e @ (Error::LeaseLost { .. } | Error::LockLost { .. }) => {
                 Failure::new(EXIT_LOST, e.to_string())
             }
