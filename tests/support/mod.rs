@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod lease;
 pub mod pgbouncer;
 pub mod proxy;
 
