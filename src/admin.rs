@@ -208,3 +208,35 @@ impl LeasePool {
         self.locks().info_in(&scope, item).await
     }
 }
+
+impl Locks {
+    /// Deletes the rows of plain leases that are free (released, or
+    /// expired) and unchanged for at least `older_than`, in one statement;
+    /// returns how many went. Pool items (done ones included: they are the
+    /// pool's membership) and semaphore permits are never deleted. A name
+    /// acquired after its row was deleted still gets a greater fencing
+    /// token than any before (tokens come from one sequence). Rows an
+    /// acquire or a fenced transaction is touching right now are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for an
+    /// `older_than` beyond 100 years;
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated);
+    /// [`Error::Database`](crate::Error::Database).
+    pub async fn gc(&self, older_than: std::time::Duration) -> Result<u64> {
+        const MAX: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+        if older_than > MAX {
+            return Err(crate::Error::invalid(
+                "older_than",
+                format!("must be at most 100 years, got {older_than:?}"),
+            ));
+        }
+        let ms = older_than.as_millis() as i64;
+        let db = self.db();
+        let row = db
+            .fetch_one(Repeat::Safe, &db.sql.lease_gc, |q| q.bind(ms))
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+}

@@ -46,6 +46,15 @@ pub enum Error {
         pool: String,
     },
 
+    /// No pool of that name exists: no item was ever added to it
+    /// ([`LeasePool::add`](crate::LeasePool::add) creates it). Unlike
+    /// [`Error::PoolDrained`], this is most likely a wrong name.
+    #[error("no pool named {pool:?}; add items to create it")]
+    PoolNotFound {
+        /// The pool name.
+        pool: String,
+    },
+
     /// An argument broke a rule; nothing was sent to the database. From
     /// [`Locks::migrate`](crate::Locks::migrate) also a server pglock
     /// refuses (`database`, `allow_async_replication`): only the checks'

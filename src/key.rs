@@ -127,6 +127,13 @@ pub(crate) const MAX_DATA_BYTES: usize = 64 * 1024;
 
 /// Checks a lease's JSON payload.
 pub(crate) fn validate_data(data: &serde_json::Value) -> Result<()> {
+    // PostgreSQL's jsonb cannot hold \u0000: refused here, before any SQL.
+    if contains_nul(data) {
+        return Err(Error::invalid(
+            "data",
+            "JSON must not contain NUL characters (\\u0000): jsonb cannot store them",
+        ));
+    }
     let len = serde_json::to_vec(data)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
@@ -137,6 +144,17 @@ pub(crate) fn validate_data(data: &serde_json::Value) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether a string or key anywhere in `data` holds a NUL character.
+fn contains_nul(data: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match data {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// Checks that `value` of `field` lies in `1..=max`.

@@ -155,6 +155,7 @@ impl LeasePool {
     ///
     /// # Errors
     ///
+    /// [`Error::PoolNotFound`] if no item was ever added to it;
     /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
     pub async fn status(&self) -> Result<PoolStatus> {
         validate_name("pool name", &self.name)?;
@@ -162,6 +163,11 @@ impl LeasePool {
         let row = db
             .fetch_one(Repeat::Safe, &db.sql.pool_status, |q| q.bind(&self.name))
             .await?;
+        if !row.try_get::<bool, _>("pool_exists")? {
+            return Err(Error::PoolNotFound {
+                pool: self.name.clone(),
+            });
+        }
         let count = |col: &str| row.try_get::<i64, _>(col).map(|n| n as u64);
         Ok(PoolStatus {
             total: count("total")?,
@@ -260,6 +266,7 @@ impl Claim {
     ///
     /// # Errors
     ///
+    /// [`Error::PoolNotFound`] if no item was ever added to the pool;
     /// [`Error::InvalidInput`] before any SQL; [`Error::NotMigrated`];
     /// [`Error::Database`].
     pub async fn try_acquire(self) -> Result<Option<PoolLease>> {
@@ -361,6 +368,9 @@ async fn claim_look(
         let name = row.try_get("name")?;
         let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
         return Ok(Look::Done(shared));
+    }
+    if !row.try_get::<bool, _>("pool_exists")? {
+        return Err(Error::PoolNotFound { pool });
     }
     let any_held: bool = row.try_get("any_held")?;
     let free_locked: bool = row.try_get("free_locked")?;

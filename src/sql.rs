@@ -6,8 +6,11 @@
 //! The advisory lock statements, which name no table, are in
 //! [`advisory`]; the pool statements in [`pool`].
 
+mod admin;
 pub(crate) mod advisory;
 mod pool;
+
+use admin::{LEASE_GC, MIGRATIONS_APPLIED};
 
 use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_STATUS};
 
@@ -285,6 +288,8 @@ pub struct Statements {
     pub pool_status: String,
     pub pool_items: String,
     pub rate_take: String,
+    pub migrations_applied: String,
+    pub lease_gc: String,
 }
 
 impl Statements {
@@ -312,6 +317,8 @@ impl Statements {
             pool_status: s(POOL_STATUS),
             pool_items: s(POOL_ITEMS),
             rate_take: s(RATE_TAKE),
+            migrations_applied: s(MIGRATIONS_APPLIED),
+            lease_gc: s(LEASE_GC),
         }
     }
 }
@@ -374,6 +381,7 @@ mod tests {
             ("pool status", &st.pool_status),
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),
+            ("gc", &st.lease_gc),
         ];
         for (name, sql) in statements {
             assert!(

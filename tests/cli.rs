@@ -8,6 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::cluster::Cluster;
 use support::{TestDb, db, eventually};
 
 /// Longest any one pglock run may take in these tests.
@@ -811,4 +812,417 @@ fn help_has_examples() {
             "{sub:?} --help has no example:\n{help}"
         );
     }
+}
+
+/// `pglock` with `url` (a test's own cluster) and the given schema.
+fn pglock_at(url: &str, schema: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+    isolate(cmd.env_remove("DATABASE_URL"))
+        .env_remove("PGLOCK_TRANSACTION_POOLER")
+        .env_remove("PGLOCK_SESSION_URL")
+        .args(["--database-url", url])
+        .args(["--schema", schema])
+        .timeout(RUN_LIMIT);
+    cmd
+}
+
+/// The same in the background, output captured.
+fn spawn_at(url: &str, schema: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pglock"))
+        .env_remove("DATABASE_URL")
+        .env_remove("PGLOCK_SCHEMA")
+        .env_remove("PGLOCK_HOLDER")
+        .env_remove("PGLOCK_TRANSACTION_POOLER")
+        .env_remove("PGLOCK_SESSION_URL")
+        .args(["--database-url", url])
+        .args(["--schema", schema])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pglock")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_pglock_takes_its_command_with_it() {
+    let t = db().await;
+    let dir = scratch();
+    let pid_file = dir.join("pid");
+    let name = unique("k9");
+    // The command replaces the shell (exec), so that its pid is the child's.
+    let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+    let mut run = spawn(
+        &t,
+        &[
+            "exec", "--lease", &name, "--ttl", "1h", "--", "sh", "-c", &script,
+        ],
+    );
+    eventually(10, "the command started", || async {
+        read(&pid_file).ends_with('\n')
+    })
+    .await;
+    let pid = read(&pid_file).trim().to_owned();
+    assert!(process_alive(&pid));
+    run.start_kill().unwrap(); // SIGKILL: pglock can tell nobody
+    let _ = run.wait().await;
+    eventually(5, "the command died with pglock", || async {
+        !process_alive(&pid)
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A command that waits for `go` (a file) and exits 0, after writing
+/// `started`: the test stops the server in between.
+fn wait_for_go(dir: &Path) -> String {
+    format!(
+        "touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; exit 0",
+        started = dir.join("started").display(),
+        go = dir.join("go").display()
+    )
+}
+
+async fn server_down_when_the_command_ends(cluster: &Cluster, dir: &Path) {
+    eventually(10, "the command started", || async {
+        dir.join("started").exists()
+    })
+    .await;
+    cluster.stop();
+    std::fs::write(dir.join("go"), "").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_keeps_failing_exits_71_saying_the_lease_may_be_held() {
+    let cluster = Cluster::start_tcp();
+    let url = cluster.tcp_url();
+    let schema = "relfail";
+    pglock_at(&url, schema).arg("migrate").assert().success();
+    let dir = scratch();
+    let script = wait_for_go(&dir);
+    let run = spawn_at(
+        &url,
+        schema,
+        &[
+            "exec",
+            "--lease",
+            "relfail",
+            "--ttl",
+            "1h",
+            "--release-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    server_down_when_the_command_ends(&cluster, &dir).await;
+    let out = finish(run).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(71), "{err}");
+    assert!(
+        err.contains("lease \"relfail\"") && err.contains("may still be held"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_at_exit_is_retried_until_the_server_is_back() {
+    let cluster = Cluster::start_tcp();
+    let url = cluster.tcp_url();
+    let schema = "relretry";
+    pglock_at(&url, schema).arg("migrate").assert().success();
+    let dir = scratch();
+    let script = wait_for_go(&dir);
+    let run = spawn_at(
+        &url,
+        schema,
+        &[
+            "exec",
+            "--lease",
+            "relretry",
+            "--ttl",
+            "1h",
+            "--release-timeout",
+            "25s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    server_down_when_the_command_ends(&cluster, &dir).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_again();
+    let out = finish(run).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ls = pglock_at(&url, schema)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc: Value = serde_json::from_slice(&ls).unwrap();
+    assert_eq!(doc["leases"][0]["name"], "relretry");
+    assert_eq!(
+        doc["leases"][0]["held"], false,
+        "released after the restart"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_escapes_control_characters_and_shortens_long_names() {
+    let t = db().await;
+    let nasty = "esc\u{1b}[31mRED\u{1b}]0;title\u{7}\nline2\ttab\u{9b}c1";
+    let long = format!("long-{}", "x".repeat(200));
+    for name in [nasty, long.as_str()] {
+        let lease = t
+            .locks
+            .lease(name)
+            .data(json!({"note": "a\u{1b}[2Jb"}))
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap();
+        lease.orphan();
+    }
+    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(
+        !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' || c == '\u{9b}'),
+        "control characters reach the terminal: {text:?}"
+    );
+    assert!(
+        text.contains(r"esc\x1b[31mRED\x1b]0;title\x07\nline2\ttab"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&long),
+        "a 205-character name is shortened: {text}"
+    );
+    assert!(text.contains("long-xxx"), "{text}");
+    let lease_lines = text.lines().take_while(|l| !l.is_empty()).count();
+    assert_eq!(lease_lines, 3, "one line per lease: {text}");
+    // JSON stays exact.
+    let out = pglock(&t)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = doc["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&nasty) && names.contains(&long.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_input_defects_are_refused_up_front() {
+    let t = db().await;
+    // A URL of another database is a bad URL, not an unreachable server.
+    for url in ["mysql://root@127.0.0.1:3306/app", "redis://localhost"] {
+        let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
+        let out = isolate(cmd.env_remove("DATABASE_URL"))
+            .args(["--database-url", url, "ls"])
+            .timeout(RUN_LIMIT)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let err = stderr(&out);
+        assert!(
+            err.contains("invalid database URL") && err.contains("postgres://"),
+            "{url}: {err}"
+        );
+    }
+    // A NUL in the data is refused by pglock, before the server sees it.
+    let name = unique("nul");
+    let out = pglock(&t)
+        .args([
+            "exec",
+            "--lease",
+            &name,
+            "--data",
+            r#"{"a":"\u0000"}"#,
+            "--",
+            "true",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = stderr(&out);
+    assert!(err.contains("invalid data") && err.contains("NUL"), "{err}");
+    assert!(!held(&t, &name).await);
+    assert!(t.locks.leases().await.unwrap().is_empty(), "no SQL ran");
+    // A bad 100 KB JSON argument is not echoed back whole.
+    let huge = format!("{{\"a\": \"{}\"", "y".repeat(100_000));
+    let out = pglock(&t)
+        .args(["exec", "--lease", "x", "--data", &huge, "--", "true"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = stderr(&out);
+    assert!(err.contains("not valid JSON"), "{err}");
+    assert!(err.len() < 2000, "{} bytes of error", err.len());
+    // Item names: surrounding whitespace is trimmed from arguments as from
+    // a file.
+    let dir = scratch();
+    let file = dir.join("items");
+    std::fs::write(&file, "  a  \n\t b\r\n\n").unwrap();
+    pglock(&t)
+        .args(["pool", "add", "ws", " a", "b ", "c"])
+        .assert()
+        .success();
+    pglock(&t)
+        .args(["pool", "add", "ws", "--from-file", file.to_str().unwrap()])
+        .assert()
+        .success();
+    let mut items: Vec<String> = t
+        .locks
+        .lease_pool("ws")
+        .items()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    items.sort();
+    assert_eq!(items, ["a", "b", "c"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_transaction_pooler_with_its_flags() {
+    let Some(bin) = support::require_tool("pgbouncer", "pgbouncer") else {
+        return;
+    };
+    let cluster = Cluster::start_tcp();
+    let bouncer = support::pgbouncer::PgBouncer::start(&bin, cluster.port.unwrap(), "transaction");
+    let through = bouncer.url();
+    let direct = cluster.tcp_url();
+    let schema = "viapooler";
+    let flags = |cmd: &mut assert_cmd::Command| {
+        cmd.args(["--transaction-pooler", "--session-url", &direct]);
+    };
+    let mut migrate = pglock_at(&through, schema);
+    flags(&mut migrate);
+    migrate.arg("migrate").assert().success();
+    // Concurrent runs through the pooler, serialized, all clean.
+    let dir = scratch();
+    let log = dir.join("log");
+    let script = format!(
+        "echo \"start $PGLOCK_TOKEN\" >> {log}; sleep 0.2; echo \"end $PGLOCK_TOKEN\" >> {log}",
+        log = log.display()
+    );
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pglock"));
+            cmd.env_remove("DATABASE_URL")
+                .env_remove("PGLOCK_SCHEMA")
+                .env_remove("PGLOCK_HOLDER")
+                .env("DATABASE_URL", &through)
+                .env("PGLOCK_SCHEMA", schema)
+                // The environment variables work as the flags do.
+                .env("PGLOCK_TRANSACTION_POOLER", "true")
+                .env("PGLOCK_SESSION_URL", &direct)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            if i % 2 == 0 {
+                cmd.args(["exec", "--lease", "report", "--", "sh", "-c", &script]);
+            } else {
+                cmd.args([
+                    "exec",
+                    "--advisory",
+                    "report",
+                    "--",
+                    "sh",
+                    "-c",
+                    "sleep 0.1",
+                ]);
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = finish(run).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "nothing to report");
+    }
+    let lines: Vec<String> = read(&log).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("start") && lines[1].starts_with("end"));
+    let mut ls = pglock_at(&through, schema);
+    flags(&mut ls);
+    ls.arg("ls").assert().success();
+    // Nothing pglock set leaked into the pooler's server connections.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&through)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let v: String = sqlx::query_scalar("SHOW client_connection_check_interval")
+            .persistent(false)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v, "0", "a session setting leaked through the pooler");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_unknown_pool_exits_1_saying_pool_add_creates_it() {
+    let t = db().await;
+    let pool = unique("no-such-pool");
+    for args in [
+        vec!["exec", "--pool", &pool, "--", "true"],
+        vec!["exec", "--pool", &pool, "--all", "--", "true"],
+        vec!["pool", "status", &pool],
+    ] {
+        let out = pglock(&t).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("no pool named {pool:?}")) && err.contains("pglock pool add"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn gc_deletes_free_lease_rows() {
+    let t = db().await;
+    let name = unique("gc");
+    pglock(&t)
+        .args(["exec", "--lease", &name, "--", "true"])
+        .assert()
+        .success();
+    pglock(&t)
+        .args(["gc", "--older-than", "1h"])
+        .assert()
+        .success()
+        .stdout("deleted 0 free lease rows\n");
+    assert!(t.locks.lease_info(&name).await.unwrap().is_some());
+    pglock(&t)
+        .args(["gc", "--older-than", "0s"])
+        .assert()
+        .success()
+        .stdout("deleted 1 free lease rows\n");
+    assert!(t.locks.lease_info(&name).await.unwrap().is_none());
 }

@@ -107,3 +107,60 @@ async fn an_unmigrated_schema_says_so() {
     assert!(matches!(err, Error::NotMigrated { .. }), "{err}");
     assert!(err.to_string().contains("migrate"), "{err}");
 }
+
+#[tokio::test]
+async fn gc_deletes_only_free_plain_leases_and_tokens_keep_rising() {
+    let t = db().await;
+    let (freed, held, recent) = (name(), name(), name());
+    let a = t.locks.lease(&freed).acquire().await.unwrap();
+    let mut before = vec![a.token()];
+    a.release().await.unwrap();
+    let b = t
+        .locks
+        .lease(&held)
+        .ttl(Duration::from_secs(600))
+        .acquire()
+        .await
+        .unwrap();
+    before.push(b.token());
+    let pool = t.locks.lease_pool("gc-pool");
+    pool.add(["done", "free"]).await.unwrap();
+    let item = pool.claim().try_acquire().await.unwrap().unwrap();
+    before.push(item.token());
+    item.complete().await.unwrap();
+    let permit = t.locks.semaphore("gc-sem", 2).acquire().await.unwrap();
+    before.push(permit.token());
+    permit.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = t.locks.lease(&recent).acquire().await.unwrap();
+    before.push(c.token());
+    c.release().await.unwrap();
+
+    // `recent` changed within the last 200 ms: kept; `freed` did not: gone.
+    assert_eq!(t.locks.gc(Duration::from_millis(200)).await.unwrap(), 1);
+    assert!(t.locks.lease_info(&freed).await.unwrap().is_none());
+    assert!(t.locks.lease_info(&recent).await.unwrap().is_some());
+    assert!(t.locks.lease_info(&held).await.unwrap().unwrap().held);
+    // Pool items (the done one too) and permits stay.
+    let status = pool.status().await.unwrap();
+    assert_eq!((status.total, status.done, status.free), (2, 1, 1));
+    let sem_rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".leases WHERE pool <> '' AND pool <> 'gc-pool'",
+        t.schema
+    )))
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(sem_rows, 2, "the semaphore keeps both permits");
+    assert_eq!(t.locks.gc(Duration::ZERO).await.unwrap(), 1, "now `recent`");
+
+    let again = t.locks.lease(&freed).acquire().await.unwrap();
+    let max_before = before.iter().copied().max().unwrap();
+    assert!(
+        again.token() > max_before,
+        "{} > {max_before}",
+        again.token()
+    );
+    again.release().await.unwrap();
+    b.release().await.unwrap();
+}

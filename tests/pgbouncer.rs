@@ -144,8 +144,11 @@ async fn advisory_excludes(locks: &Locks, other: &Locks) {
 
 #[tokio::test]
 async fn transaction_mode_with_transaction_pooler() {
+    let Some(bin) = support::require_tool("pgbouncer", "pgbouncer") else {
+        return;
+    };
     let cluster = Cluster::start_tcp();
-    let bouncer = PgBouncer::start(cluster.port.unwrap(), "transaction");
+    let bouncer = PgBouncer::start(&bin, cluster.port.unwrap(), "transaction");
     let direct = pool(&cluster.tcp_url()).await;
     let through = pool(&bouncer.url()).await;
     let builder = |holder: &str| {
@@ -251,8 +254,11 @@ async fn transaction_mode_with_transaction_pooler() {
 
 #[tokio::test]
 async fn session_mode_with_the_default_builder() {
+    let Some(bin) = support::require_tool("pgbouncer", "pgbouncer") else {
+        return;
+    };
     let cluster = Cluster::start_tcp();
-    let bouncer = PgBouncer::start(cluster.port.unwrap(), "session");
+    let bouncer = PgBouncer::start(&bin, cluster.port.unwrap(), "session");
     let through = pool(&bouncer.url()).await;
     let locks = Locks::builder(through.clone())
         .holder("one")

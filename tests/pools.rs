@@ -406,13 +406,35 @@ async fn a_waiting_claimer_wakes_when_an_item_is_released() {
 #[tokio::test]
 async fn an_empty_pool_is_drained() {
     let t = db().await;
-    let err = t
-        .locks
-        .lease_pool(pool_name())
+    let pool = t.locks.lease_pool(pool_name());
+    assert_eq!(pool.add(Vec::<String>::new()).await.unwrap(), 0);
+    let err = pool.claim().acquire().await.unwrap_err();
+    assert!(matches!(err, Error::PoolDrained { .. }), "{err}");
+    assert_eq!(pool.status().await.unwrap().total, 0);
+}
+
+#[tokio::test]
+async fn a_pool_never_added_to_is_not_found_not_drained() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    let not_found = |e: Error| match e {
+        Error::PoolNotFound { pool } => assert_eq!(pool, name),
+        e => panic!("expected PoolNotFound, got {e:?}"),
+    };
+    not_found(pool.claim().acquire().await.unwrap_err());
+    not_found(pool.claim().try_acquire().await.unwrap_err());
+    not_found(pool.status().await.unwrap_err());
+    // Once an item was added, the same name is a pool like any other.
+    pool.add(["a"]).await.unwrap();
+    let item = pool
         .claim()
-        .acquire()
+        .try_acquire()
         .await
-        .unwrap_err();
+        .unwrap()
+        .expect("a is free");
+    item.complete().await.unwrap();
+    let err = pool.claim().acquire().await.unwrap_err();
     assert!(matches!(err, Error::PoolDrained { .. }), "{err}");
 }
 

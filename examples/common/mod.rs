@@ -24,3 +24,10 @@ pub async fn fresh_schema(schema: &str) -> Result<(PgPool, Locks), Box<dyn std::
     locks.migrate().await?;
     Ok((db, locks))
 }
+
+/// The URL of the example database, for worker processes to connect to
+/// (the throwaway server lives as long as the process that started it).
+#[allow(dead_code)] // only some examples start worker processes
+pub fn database_url() -> String {
+    cluster::shared_url()
+}

@@ -45,11 +45,14 @@
 //!   Ctrl-C on a terminal already reaches the command (it is in pglock's
 //!   foreground process group), so pglock does not pass that SIGINT on
 //!   again. While pglock is still waiting, these signals stop the wait.
-//! - If pglock itself is killed with SIGKILL, it can tell nobody: on Linux
-//!   the command gets SIGKILL at once (parent-death signal) and the lease
-//!   expires after its TTL; processes the command started in turn, and the
-//!   command on other systems, run on. Supervisors should signal the whole
-//!   process group.
+//! - If pglock itself is killed with SIGKILL, it can tell nobody. On Linux
+//!   the kernel then kills the command too (`PR_SET_PDEATHSIG`): it cannot
+//!   run on while the lease expires and a next holder starts. That covers
+//!   the command pglock started, not processes the command starts in the
+//!   background (a shell script's helpers): make the command `exec` its
+//!   last program, or have it stop its own children. On other platforms the
+//!   command runs on until it ends by itself; supervisors should signal the
+//!   whole process group there.
 //!
 //! A pool item counts as done when its command exits 0: a command stopped
 //! early (SIGTERM on a release request or a signal) should exit non-zero,
@@ -68,18 +71,20 @@
 //! | 1 | any other error: database unreachable or refusing, schema not migrated, unreadable file |
 //! | 2 | bad arguments or invalid input (clap's usage errors, bad names, TTLs, URLs) |
 //! | 70 | the lock was lost while the command ran; the command was stopped |
+//! | 71 | the command ended, but its lease could not be released (retried for `--release-timeout`, default 30s) or its pool item completed: it may still be held until its TTL runs out |
 //! | 75 | not obtained: held (`--no-wait`), `--timeout` ran out, or a drained pool without `--all` |
 //! | 126 / 127 | the command could not be run / was not found |
 //! | 128 + N | pglock was stopped by signal N while waiting; nothing is held |
 //!
 //! A command's own status can collide with these numbers; scripts that need
-//! to tell them apart should have the command avoid 70, 75 and 126–127.
+//! to tell them apart should have the command avoid 70, 71, 75 and 126–127.
 //!
 //! While waiting on a terminal, pglock draws a status line on stderr (what
 //! it waits for, who holds it, time left on the holder's lease, time
 //! waited); it is silent when stderr is not a terminal. Errors are one
 //! sentence on stderr, with the fix.
 
+// One narrowly scoped exception, in child.rs: the parent-death signal.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -204,6 +209,7 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
             admin::pool_status(&ctx, pool, *items, *json).await
         }
         Command::Ls { json } => admin::ls(&ctx, *json).await,
+        Command::Gc { older_than } => admin::gc(&ctx, *older_than).await,
         Command::Release(args) => admin::release(&ctx, args.force, &args.target).await,
         Command::RequestRelease(target) => admin::request_release(&ctx, target).await,
         Command::Elect(args) => {
@@ -225,31 +231,54 @@ async fn connect(cli: &Cli, ui: Ui) -> Result<Ctx, Failure> {
              postgres://user:password@host:5432/database",
         ));
     };
-    let options = PgConnectOptions::from_str(url).map_err(Failure::from_sqlx)?;
-    let build = |pool: PgPool| {
+    let options = connect_options(url)?;
+    let session_options = match cli.session_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Some(connect_options(url).map_err(|f| {
+            Failure {
+                message: f
+                    .message
+                    .replace("database URL", "--session-url (PGLOCK_SESSION_URL)"),
+                ..f
+            }
+        })?),
+        None => None,
+    };
+    let build = |pool: PgPool, session: Option<PgConnectOptions>| {
         let mut builder = Locks::builder(pool)
             .schema(cli.schema.as_str())
+            .transaction_pooler(cli.transaction_pooler)
             .allow_async_replication(cli.allow_async_replication);
         if let Some(holder) = &cli.holder {
             builder = builder.holder(holder.as_str());
+        }
+        if let Some(session) = session {
+            builder = builder.session_options(session);
         }
         builder.build().map_err(Failure::from_lib)
     };
     // Sessions carry the holder label, so that `pglock ls` (and
     // pg_stat_activity) tell whose advisory locks they are.
-    let options = if options.get_application_name().is_none() {
-        let probe = build(PgPoolOptions::new().connect_lazy_with(options.clone()))?;
-        options.application_name(&format!("pglock {}", probe.holder()))
-    } else {
-        options
+    let probe = build(
+        PgPoolOptions::new().connect_lazy_with(options.clone()),
+        None,
+    )?;
+    let label = format!("pglock {}", probe.holder());
+    let labelled = |o: PgConnectOptions| {
+        if o.get_application_name().is_none() {
+            o.application_name(&label)
+        } else {
+            o
+        }
     };
+    let options = labelled(options);
+    let session_options = session_options.map(labelled);
     let connect_options = options.clone();
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .min_connections(0)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_lazy_with(options);
-    let locks = build(pool.clone())?;
+    let locks = build(pool.clone(), session_options)?;
     // One plain connection first: the pool would retry a refused connection
     // until its timeout, where this reports it at once.
     let first = tokio::time::timeout(
@@ -266,4 +295,20 @@ async fn connect(cli: &Cli, ui: Ui) -> Result<Ctx, Failure> {
         locks.holder()
     ));
     Ok(Ctx { locks, pool, ui })
+}
+
+/// Parses a PostgreSQL URL. Another database's URL (`mysql://…`) is a bad
+/// URL (exit 2), not a server that cannot be reached.
+fn connect_options(url: &str) -> Result<PgConnectOptions, Failure> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        let what = match &scheme {
+            Some(s) => format!("scheme {s:?} is not PostgreSQL's"),
+            None => "no postgres:// scheme".to_owned(),
+        };
+        return Err(Failure::usage(format!(
+            "invalid database URL ({what}); expected postgres://user:password@host:5432/database"
+        )));
+    }
+    PgConnectOptions::from_str(url).map_err(Failure::from_sqlx)
 }

@@ -272,6 +272,36 @@ impl LeaseRef {
     }
 }
 
+impl LeaseRef {
+    /// `release`, tried again after a database error
+    /// until `within` has passed, pausing 100 ms, then up to 1 s, between
+    /// attempts.
+    pub(super) async fn release_retrying(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(100);
+        let mut last = None;
+        loop {
+            match tokio::time::timeout_at(deadline, self.release()).await {
+                Ok(Err(Error::Database(e))) => last = Some(e),
+                Ok(outcome) => return outcome,
+                Err(_) => break,
+            }
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        Err(match last {
+            Some(e) => Error::Database(e),
+            None => Error::Timeout {
+                what: format!("release of lease {:?}", self.name()),
+                waited: within,
+            },
+        })
+    }
+}
+
 pub(super) fn in_transaction(conn: &mut PgConnection, what: &str) -> Result<()> {
     if conn.is_in_transaction() {
         return Ok(());

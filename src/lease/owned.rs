@@ -139,6 +139,27 @@ macro_rules! owned_lease {
                 self.owned.finish().release().await
             }
 
+            /// Releases it like [`release`](Self::release), retrying while
+            /// the database fails or cannot be reached (a restart, a
+            /// failover), for up to `within` in all: for a caller that must
+            /// know whether it still stands (`pglock exec` on its way out).
+            ///
+            /// An attempt cut short by the connection may have committed all
+            /// the same: the next one then finds it no longer ours and
+            /// returns [`Error::LeaseLost`](crate::Error::LeaseLost), as it
+            /// does for a lease that expired meanwhile.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::LeaseLost`](crate::Error::LeaseLost) as for
+            /// `release`; after `within`, the last
+            /// [`Error::Database`](crate::Error::Database), or
+            /// [`Error::Timeout`](crate::Error::Timeout) if no attempt
+            /// answered.
+            pub async fn release_within(mut self, within: std::time::Duration) -> Result<()> {
+                self.owned.finish().release_retrying(within).await
+            }
+
             /// Stops renewing and forgets it without releasing it: it stays
             /// held until its TTL runs out (crash-like hand-over).
             pub fn orphan(mut self) {

@@ -50,9 +50,10 @@ SELECT count(*) FROM ins";
 /// changed the pool since this statement's snapshot (`version`).
 ///
 /// When nothing is claimable, the last branch tells how long until the
-/// first held item expires (or its lock-delay ends), whether anything is
-/// held at all, and whether a free item exists that a concurrent claim had
-/// locked (nothing free and nothing held: the pool is drained).
+/// first held item expires (or its lock-delay ends), whether anything is held at all, whether a
+/// free item exists that a concurrent claim had locked (nothing free and
+/// nothing held: the pool is drained), and whether the pool exists at all
+/// (no pools row: no item was ever added, so the name is likely a typo).
 pub(super) const POOL_CLAIM: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
@@ -101,7 +102,7 @@ WITH p AS (
        AND (SELECT seq FROM lowest) > free_floor + 32
 )
 SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
-       true AS any_held, false AS free_locked
+       true AS any_held, false AS free_locked, true AS pool_exists
   FROM claimed
 UNION ALL
 SELECT false, NULL, NULL, NULL, NULL,
@@ -114,12 +115,15 @@ SELECT false, NULL, NULL, NULL, NULL,
        (SELECT seq FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
            AND ($5::int4 IS NULL OR slot < $5)
-         ORDER BY seq LIMIT 1) IS NOT NULL
+         ORDER BY seq LIMIT 1) IS NOT NULL,
+       EXISTS (SELECT 1 FROM p)
  WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
-/// Counts of a pool, in one scan of its rows.
+/// Counts of a pool, in one scan of its rows, and whether the pool exists
+/// (a pools row: some item was once added).
 pub(super) const POOL_STATUS: &str = "\
-SELECT count(*) AS total,
+SELECT EXISTS (SELECT 1 FROM {s}.pools WHERE name = $1) AS pool_exists,
+       count(*) AS total,
        count(*) FILTER (WHERE NOT done AND (owner IS NULL OR expires_at <= clock_timestamp())) AS free,
        count(*) FILTER (WHERE NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp()) AS held,
        count(*) FILTER (WHERE done) AS done

@@ -116,6 +116,11 @@ impl Cluster {
         self.ctl(&["stop", "-w", "-m", "immediate"]);
     }
 
+    /// Starts a stopped cluster again, on the same port.
+    pub fn start_again(&self) {
+        self.ctl(&["start", "-w", "-t", "60"]);
+    }
+
     fn ctl(&self, args: &[&str]) {
         let log = self.dir.join("server.log");
         let data = self.data();

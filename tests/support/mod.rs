@@ -156,3 +156,54 @@ pub async fn poll_then_drop<F: std::future::Future>(fut: F, polls: usize) -> Opt
     }
     None
 }
+
+/// The absolute path of the external tool `tool` (looked up on `PATH`,
+/// then in `/usr/sbin` and `/sbin`, where Debian puts daemons that are not
+/// on a user's `PATH`), or `None` when it is not installed: the test then
+/// prints `SKIPPED <test>: <tool> not installed (apt-get install <package>)`
+/// and should return.
+///
+/// Where everything must run (`PGLOCK_REQUIRE_TOOLS=1`, set by `.ci/run`,
+/// or `CI=true`) a missing tool panics instead. `PGLOCK_TEST_HIDE_TOOLS`
+/// (comma-separated tool names) makes this helper treat those tools as
+/// missing, to check the skipping without uninstalling anything.
+///
+/// The path is absolute so that a tool started through `runuser -u
+/// postgres` is not looked up on root's `PATH` (whose directories the
+/// postgres user may not enter: execvp then fails with "Permission
+/// denied" rather than "not found").
+pub fn require_tool(tool: &str, package: &str) -> Option<std::path::PathBuf> {
+    let hidden = std::env::var("PGLOCK_TEST_HIDE_TOOLS").unwrap_or_default();
+    let found = if hidden.split(',').any(|h| h.trim() == tool) {
+        None
+    } else {
+        find_tool(tool)
+    };
+    if found.is_none() {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("this test")
+            .to_owned();
+        let required = std::env::var("PGLOCK_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| v == "true");
+        let line = format!("{test}: {tool} not installed (apt-get install {package})");
+        if required {
+            panic!("{line}; PGLOCK_REQUIRE_TOOLS=1 or CI=true: nothing may be skipped");
+        }
+        // Past the test harness's capture, so that it shows in a plain run.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "SKIPPED {line}");
+    }
+    found
+}
+
+fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}

@@ -5,7 +5,7 @@
 //! watchdog when the test binary exits without dropping it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer in `pool_mode` (`transaction` or `session`) in front
-    /// of the server on 127.0.0.1:`pg_port`.
-    pub fn start(pg_port: u16, pool_mode: &str) -> PgBouncer {
+    /// Starts PgBouncer (the executable `bin`, an absolute path from
+    /// [`require_tool`](super::require_tool)) in `pool_mode` (`transaction`
+    /// or `session`) in front of the server on 127.0.0.1:`pg_port`.
+    pub fn start(bin: &Path, pg_port: u16, pool_mode: &str) -> PgBouncer {
         let dir = std::env::temp_dir().join(format!(
             "pglock-pgbouncer-{}-{}",
             std::process::id(),
@@ -58,17 +59,11 @@ impl PgBouncer {
                 chown_postgres(p);
             }
         }
-        // Debian installs it in /usr/sbin, not always on a user's PATH.
-        let bin = if std::path::Path::new("/usr/sbin/pgbouncer").exists() {
-            "/usr/sbin/pgbouncer"
-        } else {
-            "pgbouncer"
-        };
         let bouncer = PgBouncer { dir, port };
         bouncer.watchdog();
         let mut cmd = if as_postgres {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", bin]);
+            c.args(["-u", "postgres", "--"]).arg(bin);
             c
         } else {
             Command::new(bin)
@@ -78,7 +73,7 @@ impl PgBouncer {
             .arg(&ini)
             .stdin(Stdio::null())
             .output()
-            .expect("run pgbouncer (apt-get install pgbouncer)");
+            .expect("run pgbouncer");
         assert!(
             out.status.success(),
             "pgbouncer failed to start: {}\n{}\n{}",

@@ -20,6 +20,10 @@ const ADD_BATCH: usize = 10_000;
 /// Widest the DATA column of a table gets.
 const DATA_WIDTH: usize = 40;
 
+/// Widest a name (pool, lease, item, holder) gets in a table; `--json`
+/// shows it whole.
+const NAME_WIDTH: usize = 64;
+
 pub(crate) async fn migrate(ctx: &Ctx) -> Result<u8, Failure> {
     ctx.locks.migrate().await?;
     ctx.ui.info(format_args!(
@@ -27,6 +31,13 @@ pub(crate) async fn migrate(ctx: &Ctx) -> Result<u8, Failure> {
         ctx.locks.schema(),
         pglock::latest_version()
     ));
+    Ok(0)
+}
+
+/// `pglock gc`: prints how many rows went.
+pub(crate) async fn gc(ctx: &Ctx, older_than: std::time::Duration) -> Result<u8, Failure> {
+    let n = ctx.locks.gc(older_than).await?;
+    println!("deleted {n} free lease rows");
     Ok(0)
 }
 
@@ -54,15 +65,20 @@ pub(crate) fn read_items(path: &Path) -> Result<Vec<String>, Failure> {
 }
 
 /// Adds `items` in order (the order claims hand them out), each once.
+/// Surrounding whitespace is trimmed and empty items skipped, for arguments
+/// as for lines of a file: an item name that differs from another only by
+/// invisible spaces would be a trap.
 pub(crate) async fn pool_add(ctx: &Ctx, pool: &str, items: Vec<String>) -> Result<u8, Failure> {
     let mut seen = std::collections::HashSet::new();
     let items: Vec<String> = items
-        .into_iter()
-        .filter(|i| seen.insert(i.clone()))
+        .iter()
+        .map(|i| i.trim())
+        .filter(|i| !i.is_empty() && seen.insert(i.to_owned()))
+        .map(str::to_owned)
         .collect();
     if items.is_empty() {
         return Err(Failure::usage(
-            "no items to add: the file has only empty lines",
+            "no items to add: only empty names (or empty lines) were given",
         ));
     }
     let handle = ctx.locks.lease_pool(pool);
@@ -125,9 +141,9 @@ pub(crate) async fn pool_status(
             .iter()
             .map(|i| {
                 vec![
-                    i.name.clone(),
+                    name_text(&i.name),
                     item_state(i).to_owned(),
-                    i.holder.clone().unwrap_or_else(|| "-".into()),
+                    i.holder.as_deref().map_or_else(|| "-".into(), name_text),
                     token_text(i.token),
                     data_text(i.data.as_ref()),
                 ]
@@ -165,10 +181,10 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
             .iter()
             .map(|l| {
                 vec![
-                    l.pool.clone().unwrap_or_else(|| "-".into()),
-                    l.name.clone(),
+                    l.pool.as_deref().map_or_else(|| "-".into(), name_text),
+                    name_text(&l.name),
                     state_text(l).to_owned(),
-                    l.holder.clone().unwrap_or_else(|| "-".into()),
+                    l.holder.as_deref().map_or_else(|| "-".into(), name_text),
                     token_text(l.token),
                     expires_text(l),
                     if l.release_requested { "yes" } else { "-" }.to_owned(),
@@ -204,7 +220,7 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
                     if a.application_name.is_empty() {
                         "-".to_owned()
                     } else {
-                        a.application_name.clone()
+                        name_text(&a.application_name)
                     },
                     a.held_for
                         .map_or_else(|| "-".into(), |d| human_signed(d.num_milliseconds())),
@@ -280,6 +296,11 @@ fn key_text(a: &AdvisoryLockInfo) -> String {
         Some(k) => k.to_string(),
         None => format!("({}, {})", a.key_pair.0, a.key_pair.1),
     }
+}
+
+/// A name for a table cell: shortened (the table escapes it).
+fn name_text(name: &str) -> String {
+    truncate(name, NAME_WIDTH)
 }
 
 fn data_text(data: Option<&Value>) -> String {

@@ -218,6 +218,43 @@ where
     Ok(finished)
 }
 
+/// Makes the kernel SIGKILL the command when pglock dies, however it dies
+/// (SIGKILL included, when pglock can tell nobody): the command must not run
+/// on without the lock. Linux only (`PR_SET_PDEATHSIG`, kept across
+/// `execve` of a binary that is not set-user-ID); elsewhere nothing is set
+/// and a command outlives a SIGKILLed pglock until it ends by itself.
+///
+/// The death signal is tied to the thread that started the command; pglock
+/// starts it from the runtime's main thread (`block_on`), which lives as
+/// long as pglock.
+#[cfg(target_os = "linux")]
+// The one `unsafe` of the CLI: std and tokio offer no safe way to run code
+// in the child between fork and exec, and the parent-death signal can only
+// be set by the child itself. The closure calls only async-signal-safe
+// system calls (prctl, getppid) and allocates nothing.
+#[allow(unsafe_code)]
+fn die_with_pglock(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it makes two
+    // system calls and touches no lock, allocator or shared state.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // pglock may have died between fork and prctl: then the signal
+            // will never come, and the command must not start.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "pglock exited before the command started",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_pglock(_command: &mut Command) {}
+
 /// How often pglock looks whether a lost command's process group is empty.
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
@@ -302,38 +339,6 @@ fn not_started(program: &str, e: &std::io::Error) -> Failure {
 pub(crate) fn substitute(argv: &[String], item: &str) -> Vec<String> {
     argv.iter().map(|a| a.replace("{}", item)).collect()
 }
-
-/// On Linux, the command gets SIGKILL if pglock dies (even by SIGKILL),
-/// so it never runs on after the lock it ran under is gone: the lease of a
-/// dead pglock expires after its TTL and the next holder then starts
-/// (`PR_SET_PDEATHSIG`; it fires when the forking thread ends, and pglock
-/// forks on a runtime worker thread, which lives as long as pglock). Only the command itself: processes it started
-/// in turn are not covered. Elsewhere, nothing (documented).
-// The one `unsafe` of the CLI: std and tokio offer no safe way to run code
-// in the child between fork and exec.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn die_with_pglock(command: &mut Command) {
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (prctl, getppid).
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)?;
-            // pglock died between fork and prctl: do not run at all.
-            if nix::unistd::getppid().as_raw() != parent {
-                return Err(std::io::Error::other(
-                    "pglock exited before the command started",
-                ));
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_pglock(_command: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

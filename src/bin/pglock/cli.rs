@@ -22,8 +22,10 @@ Examples:
   pglock ls
 
 Exit codes: the command's own status, or 2 bad arguments, 70 lock lost while
-the command ran, 75 lock not obtained, 126/127 command not runnable/not found,
-128+N pglock interrupted by signal N while waiting, 1 any other error.";
+the command ran, 71 the command ended but its lease could not be released (it
+may still be held until its TTL), 75 lock not obtained, 126/127 command not
+runnable/not found, 128+N pglock interrupted by signal N while waiting, 1 any
+other error.";
 
 /// Run any command under a PostgreSQL lock, lease or pool item, and see or
 /// repair who holds what.
@@ -39,6 +41,32 @@ pub(crate) struct Cli {
         help_heading = GLOBAL
     )]
     pub(crate) database_url: Option<String>,
+
+    /// The database URL leads through a transaction-mode pooler (PgBouncer
+    /// pool_mode=transaction): pglock then keeps nothing on a server
+    /// session between transactions. Advisory locks, waking waiters by
+    /// LISTEN and migrate need --session-url; without it, advisory locks
+    /// and migrate are refused and waiters poll.
+    #[arg(
+        long,
+        env = "PGLOCK_TRANSACTION_POOLER",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true,
+        help_heading = GLOBAL
+    )]
+    pub(crate) transaction_pooler: bool,
+
+    /// A URL for what needs a real server session (advisory locks, LISTEN,
+    /// migrate): the server itself or a session-mode pooler, same database
+    /// as --database-url. Mostly with --transaction-pooler.
+    #[arg(
+        long,
+        env = "PGLOCK_SESSION_URL",
+        hide_env_values = true,
+        global = true,
+        help_heading = GLOBAL
+    )]
+    pub(crate) session_url: Option<String>,
 
     /// Schema of pglock's tables.
     #[arg(
@@ -113,6 +141,15 @@ pub(crate) enum Command {
         after_help = "Examples:\n  pglock release --force nightly-report\n  pglock release --force --pool shards shard-017"
     )]
     Release(ReleaseArgs),
+
+    /// Delete the rows of free (released or expired) plain leases unchanged
+    /// for --older-than; pool items and semaphore permits stay.
+    #[command(after_help = "Examples:\n  pglock gc\n  pglock gc --older-than 1h")]
+    Gc {
+        /// Only rows free and unchanged for at least this long.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration::parse)]
+        older_than: Duration,
+    },
 
     /// Ask the holder of a lease (or pool item) to let go: a holder running
     /// under `pglock exec` sends its command SIGTERM.
@@ -258,7 +295,7 @@ pub(crate) struct ExecArgs {
 
     /// With --lease: a JSON payload stored with the lease, visible to all
     /// (pglock ls).
-    #[arg(long, value_name = "JSON", value_parser = parse_json, requires = "lease")]
+    #[arg(long, value_name = "JSON", value_parser = JsonParser, requires = "lease")]
     pub(crate) data: Option<Value>,
 
     /// After a lost lock, how long the command has between SIGTERM and
@@ -270,6 +307,17 @@ pub(crate) struct ExecArgs {
         value_parser = duration::parse
     )]
     pub(crate) grace: Duration,
+
+    /// When the command has ended, how long pglock keeps retrying a release
+    /// that fails (database down, failover) before it gives up with exit 71:
+    /// the lease may then still be held until its TTL runs out.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = duration::parse
+    )]
+    pub(crate) release_timeout: Duration,
 
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -286,7 +334,8 @@ pub(crate) enum PoolCommand {
     Add {
         /// The pool.
         pool: String,
-        /// Items to add.
+        /// Items to add. Surrounding whitespace is trimmed, as from a
+        /// file; empty items are skipped.
         #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
         items: Vec<String>,
         /// Read items from FILE, one a line (`-` reads standard input).
@@ -332,9 +381,41 @@ pub(crate) struct TargetArgs {
     pub(crate) pool: Option<String>,
 }
 
-fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str(text)
-        .map_err(|e| format!("not valid JSON ({e}); e.g. '{{\"step\": 1200}}'"))
+/// Reads `--data`. Unlike clap's own message, a refusal quotes only the
+/// start of the value: a 100 KB argument is not echoed back whole.
+#[derive(Debug, Clone, Copy)]
+struct JsonParser;
+
+/// How much of a refused `--data` value the message quotes.
+const QUOTED_VALUE_CHARS: usize = 60;
+
+impl clap::builder::TypedValueParser for JsonParser {
+    type Value = Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Value, clap::Error> {
+        let arg = arg.map_or_else(|| "--data".to_owned(), ToString::to_string);
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{arg}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("not valid UTF-8".to_owned()))?;
+        serde_json::from_str(text).map_err(|e| {
+            refuse(format!(
+                "not valid JSON ({e}) in {:?}; e.g. '{{\"step\": 1200}}'",
+                crate::report::truncate(text, QUOTED_VALUE_CHARS)
+            ))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use crate::held::Held;
 use crate::Ctx;
 use crate::child::{self, Finished, Signals, Watch};
 use crate::cli::ExecArgs;
-use crate::report::{EXIT_LOST, Failure};
+use crate::report::{EXIT_LOST, EXIT_MAY_BE_HELD, Failure};
 use crate::waiting::{Target, Waited, interrupted, lease_loss, wait_for};
 
-/// Longest pglock waits for a release on its way out; past it, the lease
-/// expires with its TTL.
+/// Longest pglock waits for the last renewal check and for a pool item's
+/// complete on its way out (a release retries for `--release-timeout`).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `pglock exec`; returns the exit code.
@@ -69,7 +69,7 @@ async fn exec_lease(
     ));
     let env = lease_env(ctx, &lease);
     let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    Ok(end_lease(ctx, lease, finished, args.grace).await?.code)
+    Ok(end_lease(ctx, lease, finished, args).await?.code)
 }
 
 async fn exec_advisory(
@@ -199,7 +199,7 @@ async fn exec_pool(
         env.push(("PGLOCK_ITEM", item.clone()));
         let argv = child::substitute(&args.command, &item);
         let finished = supervise_lease(ctx, &lease, &argv, &env, args.grace, signals).await;
-        let finished = end_lease(ctx, lease, finished, args.grace).await?;
+        let finished = end_lease(ctx, lease, finished, args).await?;
         ran += 1;
         let code = finished.code;
         if code != 0 && args.all {
@@ -253,13 +253,16 @@ pub(crate) async fn supervise_lease(
 }
 
 /// Lets go of `lease` after its command: completes a pool item whose
-/// command exited 0, releases it otherwise. A lost lease becomes exit 70.
+/// command exited 0, releases it otherwise. A lost lease becomes exit 70; a
+/// release still failing after `--release-timeout` (or a complete that
+/// failed), exit 71.
 pub(crate) async fn end_lease(
     ctx: &Ctx,
     lease: Held,
     finished: Result<Finished, Failure>,
-    grace: Duration,
+    args: &ExecArgs,
 ) -> Result<Finished, Failure> {
+    let grace = args.grace;
     let what = match lease.pool() {
         Some(pool) => format!("item {:?} of pool {pool:?}", lease.name()),
         None => format!("lease {:?}", lease.name()),
@@ -281,10 +284,18 @@ pub(crate) async fn end_lease(
             _ => Ok(()),
         }
     };
+    let left = lease.remaining();
     let done = if complete {
-        tokio::time::timeout(RELEASE_TIMEOUT, lease.complete()).await
+        tokio::time::timeout(RELEASE_TIMEOUT, lease.complete())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: format!("completing {what}"),
+                    waited: RELEASE_TIMEOUT,
+                })
+            })
     } else {
-        tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await
+        lease.release_within(args.release_timeout).await
     };
     let finished = finished?;
     if finished.lost {
@@ -306,9 +317,9 @@ pub(crate) async fn end_lease(
         ));
     }
     match done {
-        Ok(Ok(())) if complete => ctx.ui.detail(format_args!("completed {what}")),
-        Ok(Ok(())) => ctx.ui.detail(format_args!("released {what}")),
-        Ok(Err(Error::LeaseLost { .. })) if complete => {
+        Ok(()) if complete => ctx.ui.detail(format_args!("completed {what}")),
+        Ok(()) => ctx.ui.detail(format_args!("released {what}")),
+        Err(Error::LeaseLost { .. }) if complete => {
             let why = lease_loss(ctx, &pool, &name, token).await;
             return Err(Failure::new(
                 EXIT_LOST,
@@ -317,10 +328,39 @@ pub(crate) async fn end_lease(
                 ),
             ));
         }
-        Ok(Err(e)) => ctx.ui.detail(format_args!("release of {what}: {e}")),
-        Err(_) => ctx.ui.info(format_args!(
-            "the database did not answer the release of {what} in time; it expires with its TTL"
-        )),
+        // No longer ours: it expired, or an attempt cut short committed.
+        Err(e @ Error::LeaseLost { .. }) => ctx.ui.detail(format_args!("release of {what}: {e}")),
+        Err(e) => {
+            let (did, then) = if complete {
+                ("completed", "; then it is claimed and run again".to_owned())
+            } else {
+                (
+                    "released",
+                    format!(
+                        "; `pglock release --force {}` frees it sooner",
+                        if pool.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("--pool {pool} {name}")
+                        }
+                    ),
+                )
+            };
+            let tried = if complete {
+                String::new()
+            } else {
+                format!(" within {}", crate::duration::human(args.release_timeout))
+            };
+            return Err(Failure::new(
+                EXIT_MAY_BE_HELD,
+                format!(
+                    "the command exited ({}), but {what} (token {token}) could not be {did}{tried}: {e}; \
+                     it may still be held until its TTL runs out (in {}){then}",
+                    finished.code,
+                    crate::duration::human(left)
+                ),
+            ));
+        }
     }
     Ok(finished)
 }

@@ -35,10 +35,11 @@ impl Deref for Held {
 }
 
 impl Held {
-    pub(crate) async fn release(self) -> pglock::Result<()> {
+    /// Releases it, retrying database errors for up to `within`.
+    pub(crate) async fn release_within(self, within: std::time::Duration) -> pglock::Result<()> {
         match self {
-            Held::Lease(l) => l.release().await,
-            Held::Item(l) => l.release().await,
+            Held::Lease(l) => l.release_within(within).await,
+            Held::Item(l) => l.release_within(within).await,
         }
     }
 

@@ -11,6 +11,10 @@ pub(crate) const EXIT_FAILURE: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// The lock was lost while the command ran (sysexits' `EX_SOFTWARE`).
 pub(crate) const EXIT_LOST: u8 = 70;
+/// The command has ended, but its lease (or pool item) could not be
+/// released or completed: it may still be held until its TTL runs out
+/// (sysexits' `EX_OSERR`).
+pub(crate) const EXIT_MAY_BE_HELD: u8 = 71;
 /// The lock was not obtained: held (`--no-wait`), timed out, or a drained
 /// pool (sysexits' `EX_TEMPFAIL`: try again later).
 pub(crate) const EXIT_NOT_OBTAINED: u8 = 75;
@@ -78,6 +82,10 @@ impl Failure {
             Error::PoolDrained { pool } => Failure::not_obtained(format!(
                 "pool {pool:?} is drained: every item is done (or it has none); nothing to run"
             )),
+            Error::PoolNotFound { pool } => Failure::new(
+                EXIT_FAILURE,
+                format!("no pool named {pool:?}; pglock pool add creates one"),
+            ),
             e @ (Error::LeaseLost { .. } | Error::LockLost { .. }) => {
                 Failure::new(EXIT_LOST, e.to_string())
             }
@@ -255,8 +263,15 @@ fn eprintln_ok(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
-/// A plain text table: a header line and left-aligned columns.
+/// A plain text table: a header line and left-aligned columns. Cells are
+/// shown with [`escape`]: names and labels come from the database, where
+/// anybody may have put terminal escapes or newlines in them.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -278,6 +293,33 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in rows {
         out.push('\n');
         out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// `text` with its control characters (C0, DEL, C1) written as escapes
+/// (`\n`, `\t`, `\r`, `\x1b`, `\u{9b}`) and backslashes doubled, so that
+/// it cannot move the cursor, retitle the window or break a table line.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            // C1 controls, and the bidirectional overrides that reorder
+            // what follows them on the screen.
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
     }
     out
 }
@@ -309,6 +351,14 @@ mod tests {
         assert_eq!(
             t,
             "NAME    TOKEN  DATA\na       12345  {}\nlonger  1      -"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape("a\u{1b}[31mb\u{7}\n\t\\\u{9b}é"),
+            "a\\x1b[31mb\\x07\\n\\t\\\\\\u{9b}é"
         );
     }
 
