@@ -211,6 +211,16 @@ pub(crate) struct ElectArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
     pub(crate) grace: Duration,
 
+    /// When the command has ended, how long pglock keeps retrying a release
+    /// that fails before it gives up with exit 71.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = duration::parse
+    )]
+    pub(crate) release_timeout: Duration,
+
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,

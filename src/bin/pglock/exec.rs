@@ -69,7 +69,7 @@ async fn exec_lease(
     ));
     let env = lease_env(ctx, &lease);
     let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    Ok(end_lease(ctx, lease, finished, args).await?.code)
+    Ok(end_lease(ctx, lease, finished, args.grace, args.release_timeout).await?.code)
 }
 
 async fn exec_advisory(
@@ -199,7 +199,7 @@ async fn exec_pool(
         env.push(("PGLOCK_ITEM", item.clone()));
         let argv = child::substitute(&args.command, &item);
         let finished = supervise_lease(ctx, &lease, &argv, &env, args.grace, signals).await;
-        let finished = end_lease(ctx, lease, finished, args).await?;
+        let finished = end_lease(ctx, lease, finished, args.grace, args.release_timeout).await?;
         ran += 1;
         let code = finished.code;
         if code != 0 && args.all {
@@ -260,9 +260,9 @@ pub(crate) async fn end_lease(
     ctx: &Ctx,
     lease: Held,
     finished: Result<Finished, Failure>,
-    args: &ExecArgs,
+    grace: Duration,
+    release_timeout: Duration,
 ) -> Result<Finished, Failure> {
-    let grace = args.grace;
     let what = match lease.pool() {
         Some(pool) => format!("item {:?} of pool {pool:?}", lease.name()),
         None => format!("lease {:?}", lease.name()),
@@ -295,7 +295,7 @@ pub(crate) async fn end_lease(
                 })
             })
     } else {
-        lease.release_within(args.release_timeout).await
+        lease.release_within(release_timeout).await
     };
     let finished = finished?;
     if finished.lost {
@@ -349,7 +349,7 @@ pub(crate) async fn end_lease(
             let tried = if complete {
                 String::new()
             } else {
-                format!(" within {}", crate::duration::human(args.release_timeout))
+                format!(" within {}", crate::duration::human(release_timeout))
             };
             return Err(Failure::new(
                 EXIT_MAY_BE_HELD,
