@@ -40,7 +40,7 @@ def worker(url: str, schema: str, idx: int, events) -> None:
                 with conn.transaction():
                     trial.fence(conn)  # still ours? then no takeover before commit
                     conn.execute(
-                        "INSERT INTO results (trial, loss, token, worker) VALUES (%s, %s, %s, %s)"
+                        f"INSERT INTO {schema}.results (trial, loss, token, worker) VALUES (%s, %s, %s, %s)"
                         " ON CONFLICT (trial) DO NOTHING",
                         (trial.name, loss, trial.token, idx),
                     )

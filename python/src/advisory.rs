@@ -81,7 +81,12 @@ impl Advisory {
         py: Python<'_>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<pglock::Advisory> {
-        let mut a = self.locks.bind(py).get().handle()?.advisory(self.key.clone());
+        let mut a = self
+            .locks
+            .bind(py)
+            .get()
+            .handle()?
+            .advisory(self.key.clone());
         if self.shared {
             a = a.shared();
         }
@@ -124,7 +129,9 @@ impl Advisory {
     ) -> PyResult<Bound<'py, PyAny>> {
         let a = self.request(py, timeout)?;
         let key = self.key_text.clone();
-        awaitable(py, async move { a.lock().await.map(|g| Locked(g, key)).map_err(to_py) })
+        awaitable(py, async move {
+            a.lock().await.map(|g| Locked(g, key)).map_err(to_py)
+        })
     }
 
     /// `await advisory.atry_lock()`.
@@ -201,7 +208,11 @@ pub(crate) struct AdvisoryGuard {
 
 impl Drop for AdvisoryGuard {
     fn drop(&mut self) {
-        let g = self.guard.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let g = self
+            .guard
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if self.pid != std::process::id() {
             // The parent's session: never touch it from a forked child.
             std::mem::forget(g);

@@ -16,7 +16,10 @@ pub(crate) fn string(field: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
             .extract::<String>()
             .map_err(|_| invalid(field, "must be valid UTF-8 (no lone surrogates)"));
     }
-    Err(invalid(field, format!("must be a str, got {}", type_name(v))))
+    Err(invalid(
+        field,
+        format!("must be a str, got {}", type_name(v)),
+    ))
 }
 
 /// A number of seconds (`int` or `float`, not `bool`), above zero and finite.
@@ -32,7 +35,10 @@ pub(crate) fn seconds(field: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
         ));
     };
     if !secs.is_finite() {
-        return Err(invalid(field, format!("must be a finite number of seconds, got {secs}")));
+        return Err(invalid(
+            field,
+            format!("must be a finite number of seconds, got {secs}"),
+        ));
     }
     if secs <= 0.0 {
         return Err(invalid(field, format!("must be above zero, got {secs}")));
@@ -53,12 +59,18 @@ pub(crate) fn opt_seconds(field: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult
 /// A whole number in `u32` range (`int`, not `bool`).
 pub(crate) fn count(field: &str, v: &Bound<'_, PyAny>) -> PyResult<u32> {
     if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
-        return Err(invalid(field, format!("must be an int, got {}", type_name(v))));
+        return Err(invalid(
+            field,
+            format!("must be an int, got {}", type_name(v)),
+        ));
     }
-    let n: i64 = v
-        .extract()
-        .map_err(|_| invalid(field, "is out of range"))?;
-    u32::try_from(n).map_err(|_| invalid(field, format!("must be between 0 and {}, got {n}", u32::MAX)))
+    let n: i64 = v.extract().map_err(|_| invalid(field, "is out of range"))?;
+    u32::try_from(n).map_err(|_| {
+        invalid(
+            field,
+            format!("must be between 0 and {}, got {n}", u32::MAX),
+        )
+    })
 }
 
 /// A JSON-serializable Python value as JSON.

@@ -4,8 +4,18 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-create_exception!(pglock, Error, PyException, "Base class of every pglock error.");
-create_exception!(pglock, Timeout, Error, "The lock or lease was not obtained within the timeout.");
+create_exception!(
+    pglock,
+    Error,
+    PyException,
+    "Base class of every pglock error."
+);
+create_exception!(
+    pglock,
+    Timeout,
+    Error,
+    "The lock or lease was not obtained within the timeout."
+);
 create_exception!(
     pglock,
     LeaseLost,

@@ -4,9 +4,9 @@
 //! `fence`, `lost`, `wait_lost`, `release`, and `with` blocks.
 
 use std::mem::ManuallyDrop;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pglock::LeaseRef;
@@ -22,7 +22,11 @@ use crate::runtime::{awaitable, in_context, runtime, wait};
 /// A lease acquired from Rust, on its way to becoming a Python object. If
 /// an asyncio caller was cancelled meanwhile it is dropped instead, inside
 /// the runtime, which releases it.
-pub(crate) struct Acquired(pub(crate) Kind, pub(crate) pglock::Lease, pub(crate) FenceSql);
+pub(crate) struct Acquired(
+    pub(crate) Kind,
+    pub(crate) pglock::Lease,
+    pub(crate) FenceSql,
+);
 
 /// The fence statement of a lease's schema (`$1` pool, `$2` name, `$3` token).
 pub(crate) type FenceSql = Arc<str>;
@@ -253,8 +257,16 @@ pub(crate) struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let held = self.held.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        let watcher = self.watcher.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let held = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let watcher = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if self.pid != std::process::id() {
             // A forked child's copy of the parent's lease: the parent holds
             // it; touching its connections from here would break them.
@@ -501,7 +513,10 @@ impl Lease {
     ) -> PyResult<bool> {
         let t = convert::opt_seconds("timeout", timeout)?;
         let h = self.handle()?;
-        wait(py, async move { Ok(within(t, h.release_requested()).await) })
+        wait(
+            py,
+            async move { Ok(within(t, h.release_requested()).await) },
+        )
     }
 
     /// `await lease.await_release_requested(timeout)`.
@@ -513,7 +528,10 @@ impl Lease {
     ) -> PyResult<Bound<'py, PyAny>> {
         let t = convert::opt_seconds("timeout", timeout)?;
         let h = self.handle()?;
-        awaitable(py, async move { Ok(within(t, h.release_requested()).await) })
+        awaitable(
+            py,
+            async move { Ok(within(t, h.release_requested()).await) },
+        )
     }
 
     /// Renews now for another TTL; `LeaseLost` if no longer ours.
@@ -535,7 +553,11 @@ impl Lease {
     }
 
     /// `await lease.aset_data(data)`.
-    fn aset_data<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn aset_data<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let fut = self.set_data_future(data)?;
         awaitable(py, fut)
     }
@@ -553,7 +575,10 @@ impl Lease {
     }
 
     /// `await lease.afence(conn)` for a psycopg `AsyncConnection` or `AsyncCursor`.
-    fn afence<'py>(slf: &Bound<'py, Self>, conn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn afence<'py>(
+        slf: &Bound<'py, Self>,
+        conn: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         slf.py()
             .import("pglock._fence")?
             .call_method1("afence", (slf, conn))
@@ -569,7 +594,11 @@ impl Lease {
         let sql = self.fence_sql.to_string();
         Ok((
             sql,
-            (h.pool().unwrap_or("").to_owned(), h.name().to_owned(), h.token()),
+            (
+                h.pool().unwrap_or("").to_owned(),
+                h.name().to_owned(),
+                h.token(),
+            ),
         ))
     }
 
@@ -623,7 +652,10 @@ impl Lease {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(slf: &Bound<'py, Self>, exc: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    fn __aexit__<'py>(
+        slf: &Bound<'py, Self>,
+        exc: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         Lease::aexit(slf, raised(exc)?)
     }
 
@@ -660,7 +692,8 @@ impl Lease {
 
     fn renew_future(&self) -> PyResult<impl Future<Output = PyResult<()>> + Send + 'static> {
         let h = self.handle()?;
-        let lost = (self.is_lost() || self.finished.load(Ordering::Acquire)).then(|| self.lost_err());
+        let lost =
+            (self.is_lost() || self.finished.load(Ordering::Acquire)).then(|| self.lost_err());
         Ok(async move {
             if let Some(e) = lost {
                 return Err(e);
@@ -675,7 +708,8 @@ impl Lease {
     ) -> PyResult<impl Future<Output = PyResult<()>> + Send + 'static> {
         let data = convert::to_json("data", data)?;
         let h = self.handle()?;
-        let lost = (self.is_lost() || self.finished.load(Ordering::Acquire)).then(|| self.lost_err());
+        let lost =
+            (self.is_lost() || self.finished.load(Ordering::Acquire)).then(|| self.lost_err());
         Ok(async move {
             if let Some(e) = lost {
                 return Err(e);
@@ -708,7 +742,10 @@ impl PoolLease {
         let Some(item) = take_item(base)? else {
             return Err(base.lost_err());
         };
-        let result = wait(slf.py(), async move { item.complete().await.map_err(to_py) });
+        let result = wait(
+            slf.py(),
+            async move { item.complete().await.map_err(to_py) },
+        );
         base.finished();
         result
     }

@@ -109,6 +109,12 @@ impl Locks {
         statement_connections: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Locks> {
         let url = convert::string("url", url)?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
         let options = PgConnectOptions::from_str(&url)
             .map_err(|e| invalid("url", format!("is not a PostgreSQL URL: {e}")))?;
         let schema = match schema {
@@ -195,7 +201,10 @@ impl Locks {
 
     /// The lease pool `name`.
     fn lease_pool(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<LeasePool> {
-        Ok(LeasePool::new(slf.clone().unbind(), convert::string("pool name", name)?))
+        Ok(LeasePool::new(
+            slf.clone().unbind(),
+            convert::string("pool name", name)?,
+        ))
     }
 
     /// A semaphore of `permits` permits.
@@ -237,14 +246,18 @@ impl Locks {
     fn force_release(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         let name = convert::string("lease name", name)?;
         let locks = self.handle()?;
-        wait(py, async move { locks.force_release(&name).await.map_err(to_py) })
+        wait(py, async move {
+            locks.force_release(&name).await.map_err(to_py)
+        })
     }
 
     /// Asks the holder of lease `name` to let go; returns its token.
     fn request_release(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         let name = convert::string("lease name", name)?;
         let locks = self.handle()?;
-        wait(py, async move { locks.request_release(&name).await.map_err(to_py) })
+        wait(py, async move {
+            locks.request_release(&name).await.map_err(to_py)
+        })
     }
 
     /// Internal (benchmark): the SQL text of one of pglock's statements,
@@ -262,6 +275,10 @@ impl Locks {
 
     fn __repr__(&self) -> PyResult<String> {
         let l = self.handle()?;
-        Ok(format!("<pglock.Locks schema={:?} holder={:?}>", l.schema(), l.holder()))
+        Ok(format!(
+            "<pglock.Locks schema={:?} holder={:?}>",
+            l.schema(),
+            l.holder()
+        ))
     }
 }

@@ -150,7 +150,12 @@ impl LeasePool {
     }
 
     fn pool(&self, py: Python<'_>) -> PyResult<pglock::LeasePool> {
-        Ok(self.locks.bind(py).get().handle()?.lease_pool(self.name.clone()))
+        Ok(self
+            .locks
+            .bind(py)
+            .get()
+            .handle()?
+            .lease_pool(self.name.clone()))
     }
 
     fn new_claim(
@@ -264,14 +269,19 @@ impl LeasePool {
     fn force_release(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         let item = convert::string("item name", item)?;
         let pool = self.pool(py)?;
-        wait(py, async move { pool.force_release(&item).await.map_err(to_py) })
+        wait(
+            py,
+            async move { pool.force_release(&item).await.map_err(to_py) },
+        )
     }
 
     /// Asks the holder of `item` to let go; returns its token.
     fn request_release(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         let item = convert::string("item name", item)?;
         let pool = self.pool(py)?;
-        wait(py, async move { pool.request_release(&item).await.map_err(to_py) })
+        wait(py, async move {
+            pool.request_release(&item).await.map_err(to_py)
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -339,9 +349,7 @@ impl Claims {
         awaitable(py, async move {
             match r.acquire().await {
                 Ok(l) => Ok(Acquired(Kind::Item, l, fence)),
-                Err(pglock::Error::PoolDrained { .. }) => {
-                    Err(PyStopAsyncIteration::new_err(()))
-                }
+                Err(pglock::Error::PoolDrained { .. }) => Err(PyStopAsyncIteration::new_err(())),
                 Err(e) => Err(to_py(e)),
             }
         })

@@ -41,12 +41,12 @@ impl RateLimiter {
         py: Python<'_>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<pglock::RateLimiter> {
-        let mut r = self
-            .locks
-            .bind(py)
-            .get()
-            .handle()?
-            .rate_limiter(self.name.clone(), self.n, self.per);
+        let mut r =
+            self.locks
+                .bind(py)
+                .get()
+                .handle()?
+                .rate_limiter(self.name.clone(), self.n, self.per);
         if let Some(t) = convert::opt_seconds("timeout", timeout)?.or(self.timeout) {
             r = r.timeout(t);
         }

@@ -130,7 +130,9 @@ impl Future for RtJoinHandle {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.map_err(RtJoinError))
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(RtJoinError))
     }
 }
 

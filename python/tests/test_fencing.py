@@ -109,16 +109,19 @@ def test_stalled_holder_cannot_write_after_takeover(driver, locks, other, admin,
 
 
 def test_open_fence_keeps_a_newer_holder_out_until_commit(locks, other, admin, schema, url, table):
-    with locks.lease("shard-9", ttl=30) as lease, psycopg.connect(url) as conn:
+    lease = locks.lease("shard-9", ttl=30).acquire()
+    with psycopg.connect(url) as conn:
         lease.fence(conn)
         conn.execute(UPDATE, ("first", lease.token))
         expire(admin, schema, "shard-9")
         # Expired, but the fenced transaction still holds the row: no takeover yet.
         assert other.lease("shard-9").try_acquire() is None
         conn.commit()
-        newer = other.lease("shard-9", timeout=5).acquire()
-        assert newer.token > lease.token
-        newer.release()
+    newer = other.lease("shard-9", timeout=5).acquire()
+    assert newer.token > lease.token
+    with pytest.raises(pglock.LeaseLost):
+        lease.release()  # taken over: ours no more
+    newer.release()
     assert admin.execute("SELECT writer FROM fenced").fetchone() == ("first",)
 
 
