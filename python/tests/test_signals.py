@@ -34,6 +34,7 @@ def test_ctrl_c_interrupts_a_wait(kind, locks, admin, schema, url):
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, url, schema, kind],
         stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),  # not python/: import the installed pglock
     )
     try:
         assert child.stdout.readline().strip() == "waiting"
