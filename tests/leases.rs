@@ -287,6 +287,52 @@ async fn fence_function_is_callable_from_plain_sql_inside_a_transaction() {
 }
 
 #[tokio::test]
+async fn fence_sql_is_the_statement_fence_runs_for_any_connection() {
+    let t = db().await;
+    let n = name();
+    let l = t
+        .locks
+        .lease(&n)
+        .ttl(LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let sql = t.locks.fence_sql();
+    assert_eq!(
+        sql,
+        format!("SELECT \"{}\".fence($1, $2, $3)::text", t.schema)
+    );
+    let run = |token: i64| {
+        let n = n.clone();
+        async move {
+            let mut tx = t.pool.begin().await.unwrap();
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .bind("")
+                .bind(n)
+                .bind(token)
+                .execute(&mut *tx)
+                .await;
+            tx.rollback().await.unwrap();
+            r
+        }
+    };
+    run(l.token()).await.unwrap();
+    let err = run(l.token() - 1).await.unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01")
+    );
+    l.release().await.unwrap();
+    let err = run(l.token()).await.unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01"),
+        "released: the token no longer fences"
+    );
+}
+
+#[tokio::test]
 async fn the_holders_own_renewals_and_release_pass_its_fence() {
     let t = db().await;
     let n = name();
@@ -524,6 +570,7 @@ async fn lost_resolves_on_force_release_and_renew_says_lease_lost() {
         .unwrap()
         .unwrap()
         .keep_alive();
+    assert!(!l.is_lost());
     assert_eq!(
         t.other("ops").force_release(&n).await.unwrap(),
         Some(l.token())
@@ -531,6 +578,7 @@ async fn lost_resolves_on_force_release_and_renew_says_lease_lost() {
     tokio::time::timeout(Duration::from_secs(10), l.lost())
         .await
         .expect("lost() resolves");
+    assert!(l.is_lost());
     assert!(matches!(l.renew().await, Err(Error::LeaseLost { .. })));
     let mut tx = t.pool.begin().await.unwrap();
     assert!(matches!(
@@ -700,6 +748,7 @@ async fn request_release_reaches_the_holder() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!heard.is_finished());
+    assert!(!a.is_release_requested());
     assert_eq!(
         t.other("ops").request_release(&n).await.unwrap(),
         Some(a.token())
@@ -708,6 +757,7 @@ async fn request_release_reaches_the_holder() {
         .await
         .expect("holder hears it")
         .unwrap();
+    assert!(a.is_release_requested(), "the wait records what it heard");
     let rows = t.locks.leases().await.unwrap();
     assert!(rows.iter().any(|r| r.name == n && r.release_requested));
     a.release().await.unwrap();

@@ -19,6 +19,7 @@ import statistics
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Callable, List
 
 import psycopg
@@ -70,6 +71,15 @@ def named(sql: str) -> str:
     return re.sub(r"\$(\d+)", r"%(p\1)s", sql)
 
 
+def protocol_sql(heading: str, schema: str) -> str:
+    """The statement under `### heading` in the repository's PROTOCOL.md
+    (pinned to the crate's SQL by a test), for this schema."""
+    text = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
+    section = text.split(f"### {heading}\n", 1)[1]
+    sql = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    return sql.replace("{schema}", schema)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -81,8 +91,8 @@ def main() -> None:
     schema = "bench_" + uuid.uuid4().hex[:8]
     locks = pglock.connect(url, schema=schema, holder="bench")
     locks.migrate()
-    acquire_sql = named(locks._sql("lease_acquire"))
-    release_sql = named(locks._sql("lease_release"))
+    acquire_sql = named(protocol_sql("Acquire a lease", schema))
+    release_sql = named(protocol_sql("Release a plain lease", schema))
     results = {}
     for threads in [int(x) for x in args.threads.split(",")]:
 

@@ -15,22 +15,21 @@ pub(crate) enum Kind {
     Permit,
 }
 
-/// An owned, kept-alive lease of one kind.
+/// An owned lease of one kind (kept alive once [`Held::keep_alive`] ran).
 #[derive(Debug)]
 pub(crate) enum Held {
     Lease(pglock::Lease),
-    Item(pglock::Lease),
-    Permit(pglock::Lease),
+    Item(pglock::PoolLease),
+    Permit(pglock::Permit),
 }
 
 impl Held {
-    /// Starts keep-alive (needs the runtime context) and wraps the lease.
-    pub(crate) fn new(kind: Kind, lease: pglock::Lease) -> Held {
-        let lease = lease.keep_alive();
-        match kind {
-            Kind::Lease => Held::Lease(lease),
-            Kind::Item => Held::Item(lease),
-            Kind::Permit => Held::Permit(lease),
+    /// Starts keep-alive (needs the runtime context).
+    pub(crate) fn keep_alive(self) -> Held {
+        match self {
+            Held::Lease(l) => Held::Lease(l.keep_alive()),
+            Held::Item(l) => Held::Item(l.keep_alive()),
+            Held::Permit(l) => Held::Permit(l.keep_alive()),
         }
     }
 
@@ -44,18 +43,22 @@ impl Held {
 
     pub(crate) fn handle(&self) -> LeaseRef {
         match self {
-            Held::Lease(l) | Held::Item(l) | Held::Permit(l) => l.handle(),
+            Held::Lease(l) => l.handle(),
+            Held::Item(l) => l.handle(),
+            Held::Permit(l) => l.handle(),
         }
     }
 
     pub(crate) async fn release(self) -> pglock::Result<()> {
         match self {
-            Held::Lease(l) | Held::Item(l) | Held::Permit(l) => l.release().await,
+            Held::Lease(l) => l.release().await,
+            Held::Item(l) => l.release().await,
+            Held::Permit(l) => l.release().await,
         }
     }
 
     /// Completes a pool item; `Err(self)` for other kinds.
-    pub(crate) fn into_item(self) -> Result<pglock::Lease, Held> {
+    pub(crate) fn into_item(self) -> Result<pglock::PoolLease, Held> {
         match self {
             Held::Item(l) => Ok(l),
             other => Err(other),

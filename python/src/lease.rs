@@ -22,18 +22,14 @@ use crate::runtime::{awaitable, in_context, runtime, wait};
 /// A lease acquired from Rust, on its way to becoming a Python object. If
 /// an asyncio caller was cancelled meanwhile it is dropped instead, inside
 /// the runtime, which releases it.
-pub(crate) struct Acquired(
-    pub(crate) Kind,
-    pub(crate) pglock::Lease,
-    pub(crate) FenceSql,
-);
+pub(crate) struct Acquired(pub(crate) Held, pub(crate) FenceSql);
 
 /// The fence statement of a lease's schema (`$1` pool, `$2` name, `$3` token).
 pub(crate) type FenceSql = Arc<str>;
 
 /// The fence statement of `locks`.
 pub(crate) fn fence_sql(locks: &pglock::Locks) -> FenceSql {
-    Arc::from(locks.__statements().lease_fence.as_str())
+    Arc::from(locks.fence_sql())
 }
 
 impl<'py> IntoPyObject<'py> for Acquired {
@@ -42,9 +38,10 @@ impl<'py> IntoPyObject<'py> for Acquired {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let held = in_context(|| Held::new(self.0, self.1));
-        let base = Lease::new(held, self.2);
-        Ok(match self.0 {
+        let kind = self.0.kind();
+        let held = in_context(|| self.0.keep_alive());
+        let base = Lease::new(held, self.1);
+        Ok(match kind {
             Kind::Lease => Bound::new(py, base)?.into_any(),
             Kind::Item => {
                 Bound::new(py, PyClassInitializer::from(base).add_subclass(PoolLease))?.into_any()
@@ -131,7 +128,7 @@ impl LeaseRequest {
     ) -> PyResult<Bound<'py, PyAny>> {
         let (r, fence) = self.request(py, timeout)?;
         let lease = wait(py, async move { r.acquire().await.map_err(to_py) })?;
-        Acquired(Kind::Lease, lease, fence).into_pyobject(py)
+        Acquired(Held::Lease(lease), fence).into_pyobject(py)
     }
 
     /// The lease if it is free now, else `None`.
@@ -139,7 +136,7 @@ impl LeaseRequest {
         let (r, fence) = self.request(py, None)?;
         let lease = wait(py, async move { r.try_acquire().await.map_err(to_py) })?;
         lease
-            .map(|l| Acquired(Kind::Lease, l, fence.clone()).into_pyobject(py))
+            .map(|l| Acquired(Held::Lease(l), fence.clone()).into_pyobject(py))
             .transpose()
     }
 
@@ -154,7 +151,7 @@ impl LeaseRequest {
         awaitable(py, async move {
             r.acquire()
                 .await
-                .map(|l| Acquired(Kind::Lease, l, fence.clone()))
+                .map(|l| Acquired(Held::Lease(l), fence.clone()))
                 .map_err(to_py)
         })
     }
@@ -165,7 +162,7 @@ impl LeaseRequest {
         awaitable(py, async move {
             r.try_acquire()
                 .await
-                .map(|l| l.map(|l| Acquired(Kind::Lease, l, fence.clone())))
+                .map(|l| l.map(|l| Acquired(Held::Lease(l), fence.clone())))
                 .map_err(to_py)
         })
     }
@@ -252,7 +249,7 @@ pub(crate) struct Lease {
     /// A fence on the caller's connection found the lease gone.
     refused: AtomicBool,
     /// The `release_requested` watcher, started on first look.
-    watcher: Mutex<Option<(Arc<AtomicBool>, tokio::task::JoinHandle<()>)>>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Lease {
@@ -277,7 +274,7 @@ impl Drop for Lease {
         // SAFETY: `handle` is not used after this, in Drop.
         let handle = unsafe { ManuallyDrop::take(&mut self.handle) };
         in_context(move || {
-            if let Some((_, task)) = watcher {
+            if let Some(task) = watcher {
                 task.abort();
             }
             // Dropping the crate's lease spawns its release.
@@ -333,7 +330,7 @@ impl Lease {
 
     fn is_lost(&self) -> bool {
         !self.finished.load(Ordering::Acquire)
-            && (self.refused.load(Ordering::Acquire) || self.handle.remaining().is_zero())
+            && (self.refused.load(Ordering::Acquire) || self.handle.is_lost())
     }
 
     /// Takes the owned lease out, for release or complete.
@@ -343,7 +340,7 @@ impl Lease {
     }
 
     fn stop_watcher(&self) {
-        if let Some((_, task)) = self.watcher.lock().unwrap().take() {
+        if let Some(task) = self.watcher.lock().unwrap().take() {
             task.abort();
         }
     }
@@ -470,20 +467,15 @@ impl Lease {
     #[getter]
     fn release_requested(&self) -> PyResult<bool> {
         let handle = self.handle()?;
-        let mut w = self.watcher.lock().unwrap();
-        if self.finished.load(Ordering::Acquire) {
-            return Ok(w.as_ref().is_some_and(|(f, _)| f.load(Ordering::Acquire)));
+        if handle.is_release_requested() {
+            return Ok(true);
         }
-        let (flag, _) = w.get_or_insert_with(|| {
-            let flag = Arc::new(AtomicBool::new(false));
-            let set = flag.clone();
-            let task = runtime().spawn(async move {
-                handle.release_requested().await;
-                set.store(true, Ordering::Release);
-            });
-            (flag, task)
-        });
-        Ok(flag.load(Ordering::Acquire))
+        let mut w = self.watcher.lock().unwrap();
+        if w.is_none() && !self.finished.load(Ordering::Acquire) {
+            // Listens for the request's NOTIFY; the crate records what it sees.
+            *w = Some(runtime().spawn(async move { handle.release_requested().await }));
+        }
+        Ok(false)
     }
 
     /// Waits until the lease is lost, at most `timeout` seconds; True if lost.
@@ -765,7 +757,7 @@ impl PoolLease {
     }
 }
 
-fn take_item(base: &Lease) -> PyResult<Option<pglock::Lease>> {
+fn take_item(base: &Lease) -> PyResult<Option<pglock::PoolLease>> {
     match base.take()? {
         None => Ok(None),
         Some(held) => match held.into_item() {

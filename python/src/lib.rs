@@ -33,7 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::PoolItem>()?;
     m.add_class::<pool::LeaseInfo>()?;
     m.add_class::<rate::RateLimiter>()?;
-    m.add("MAX_NAME_BYTES", pglock::MAX_NAME_BYTES)?;
-    m.add("DEFAULT_SCHEMA", pglock::DEFAULT_SCHEMA)?;
+    m.add("MAX_NAME_BYTES", pglock::Locks::MAX_NAME_BYTES)?;
+    m.add("DEFAULT_SCHEMA", pglock::Locks::DEFAULT_SCHEMA)?;
     Ok(())
 }

@@ -119,7 +119,7 @@ impl Locks {
             .map_err(|e| invalid("url", format!("is not a PostgreSQL URL: {e}")))?;
         let schema = match schema {
             Some(s) if !s.is_none() => convert::string("schema", s)?,
-            _ => pglock::DEFAULT_SCHEMA.to_owned(),
+            _ => pglock::Locks::DEFAULT_SCHEMA.to_owned(),
         };
         let holder = match holder {
             Some(h) if !h.is_none() => Some(convert::string("holder", h)?),
@@ -257,19 +257,6 @@ impl Locks {
         let locks = self.handle()?;
         wait(py, async move {
             locks.request_release(&name).await.map_err(to_py)
-        })
-    }
-
-    /// Internal (benchmark): the SQL text of one of pglock's statements,
-    /// with `$n` placeholders.
-    fn _sql(&self, which: &str) -> PyResult<String> {
-        let l = self.handle()?;
-        let st = l.__statements();
-        Ok(match which {
-            "lease_acquire" => st.lease_acquire.clone(),
-            "lease_release" => st.lease_release.clone(),
-            "lease_fence" => st.lease_fence.clone(),
-            _ => return Err(invalid("which", format!("no statement {which:?}"))),
         })
     }
 

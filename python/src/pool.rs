@@ -11,7 +11,7 @@ use pyo3::types::{PyList, PyTuple};
 
 use crate::convert;
 use crate::errors::{PoolDrained, to_py};
-use crate::held::Kind;
+use crate::held::Held;
 use crate::lease::{Acquired, FenceSql, Lease, fence_sql, raised};
 use crate::locks::Locks;
 use crate::runtime::{awaitable, wait};
@@ -23,24 +23,24 @@ pub(crate) enum Req {
 }
 
 impl Req {
-    pub(crate) async fn acquire(self) -> pglock::Result<pglock::Lease> {
+    pub(crate) async fn acquire(self) -> pglock::Result<Held> {
         match self {
-            Req::Claim(c) => c.acquire().await,
-            Req::Permit(s) => s.acquire().await,
+            Req::Claim(c) => c.acquire().await.map(Held::Item),
+            Req::Permit(s) => s.acquire().await.map(Held::Permit),
         }
     }
 
-    pub(crate) async fn try_acquire(self) -> pglock::Result<Option<pglock::Lease>> {
+    pub(crate) async fn try_acquire(self) -> pglock::Result<Option<Held>> {
         match self {
-            Req::Claim(c) => c.try_acquire().await,
-            Req::Permit(s) => s.try_acquire().await,
+            Req::Claim(c) => Ok(c.try_acquire().await?.map(Held::Item)),
+            Req::Permit(s) => Ok(s.try_acquire().await?.map(Held::Permit)),
         }
     }
 }
 
 /// `acquire`, `try_acquire`, their `a…` forms and `with`/`async with` for a
-/// class with `fn req(&self, py, timeout) -> PyResult<(Req, FenceSql)>`, a
-/// `KIND` and an `entered` stack.
+/// class with `fn req(&self, py, timeout) -> PyResult<(Req, FenceSql)>` and an
+/// `entered` stack.
 macro_rules! acquiring_methods {
     ($ty:ty) => {
         #[pymethods]
@@ -54,7 +54,7 @@ macro_rules! acquiring_methods {
             ) -> PyResult<Bound<'py, PyAny>> {
                 let (r, fence) = self.req(py, timeout)?;
                 let lease = wait(py, async move { r.acquire().await.map_err(to_py) })?;
-                Acquired(Self::KIND, lease, fence).into_pyobject(py)
+                Acquired(lease, fence).into_pyobject(py)
             }
 
             /// A free item now, else `None`.
@@ -62,7 +62,7 @@ macro_rules! acquiring_methods {
                 let (r, fence) = self.req(py, None)?;
                 let lease = wait(py, async move { r.try_acquire().await.map_err(to_py) })?;
                 lease
-                    .map(|l| Acquired(Self::KIND, l, fence).into_pyobject(py))
+                    .map(|l| Acquired(l, fence).into_pyobject(py))
                     .transpose()
             }
 
@@ -75,10 +75,7 @@ macro_rules! acquiring_methods {
             ) -> PyResult<Bound<'py, PyAny>> {
                 let (r, fence) = self.req(py, timeout)?;
                 awaitable(py, async move {
-                    r.acquire()
-                        .await
-                        .map(|l| Acquired(Self::KIND, l, fence))
-                        .map_err(to_py)
+                    r.acquire().await.map(|l| Acquired(l, fence)).map_err(to_py)
                 })
             }
 
@@ -88,7 +85,7 @@ macro_rules! acquiring_methods {
                 awaitable(py, async move {
                     r.try_acquire()
                         .await
-                        .map(|l| l.map(|l| Acquired(Self::KIND, l, fence)))
+                        .map(|l| l.map(|l| Acquired(l, fence)))
                         .map_err(to_py)
                 })
             }
@@ -301,8 +298,6 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    const KIND: Kind = Kind::Item;
-
     fn req(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<(Req, FenceSql)> {
         let locks = self.locks.bind(py).get().handle()?;
         let mut c = locks.lease_pool(self.pool.clone()).claim();
@@ -348,7 +343,7 @@ impl Claims {
         let (r, fence) = self.claim.req(py, None)?;
         awaitable(py, async move {
             match r.acquire().await {
-                Ok(l) => Ok(Acquired(Kind::Item, l, fence)),
+                Ok(l) => Ok(Acquired(l, fence)),
                 Err(pglock::Error::PoolDrained { .. }) => Err(PyStopAsyncIteration::new_err(())),
                 Err(e) => Err(to_py(e)),
             }
@@ -368,8 +363,6 @@ pub(crate) struct Semaphore {
 }
 
 impl Semaphore {
-    const KIND: Kind = Kind::Permit;
-
     pub(crate) fn new(
         locks: Py<Locks>,
         name: &Bound<'_, PyAny>,
