@@ -303,10 +303,11 @@ async fn fence_sql_is_the_statement_fence_runs_for_any_connection() {
         sql,
         format!("SELECT \"{}\".fence($1, $2, $3)::text", t.schema)
     );
+    let (pool, n2) = (&t.pool, &n);
     let run = |token: i64| {
-        let n = n.clone();
+        let n = n2.clone();
         async move {
-            let mut tx = t.pool.begin().await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
             let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
                 .bind("")
                 .bind(n)
@@ -323,8 +324,9 @@ async fn fence_sql_is_the_statement_fence_runs_for_any_connection() {
         err.as_database_error().unwrap().code().as_deref(),
         Some("PGL01")
     );
+    let token = l.token();
     l.release().await.unwrap();
-    let err = run(l.token()).await.unwrap_err();
+    let err = run(token).await.unwrap_err();
     assert_eq!(
         err.as_database_error().unwrap().code().as_deref(),
         Some("PGL01"),
