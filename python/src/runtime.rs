@@ -37,10 +37,10 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
         let ptr = CURRENT.load(Ordering::Acquire);
         // SAFETY: every non-null pointer stored in CURRENT comes from
         // Box::leak and is never freed or mutated afterwards.
-        if let Some(slot) = unsafe { ptr.as_ref() } {
-            if slot.pid == pid {
-                return &slot.runtime;
-            }
+        if let Some(slot) = unsafe { ptr.as_ref() }
+            && slot.pid == pid
+        {
+            return &slot.runtime;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
