@@ -120,6 +120,16 @@ impl Locks {
         &self.inner.holder
     }
 
+    /// The statement [`LeaseRef::fence`](crate::LeaseRef::fence) runs, with
+    /// this handle's schema filled in, for fencing on a connection pglock
+    /// does not own (another driver, another language): bind `$1` the pool
+    /// or semaphore name (`''` for a plain lease), `$2` the lease name, `$3`
+    /// the token, and run it inside the transaction of the fenced writes.
+    /// It raises SQLSTATE `PGL01` if the token no longer holds the lease.
+    pub fn fence_sql(&self) -> &str {
+        &self.inner.db.sql.lease_fence
+    }
+
     /// The SQL pglock sends, with this handle's schema: for pglock's own
     /// tests and benchmarks, behind the unstable `internals` feature.
     #[cfg(feature = "internals")]

@@ -395,3 +395,51 @@ async fn exclusion_holds_under_contention_with_increasing_tokens() {
         "tokens not increasing in commit order: {tokens:?}"
     );
 }
+
+#[tokio::test]
+async fn fence_sql_is_the_statement_fence_runs_for_any_connection() {
+    let t = db().await;
+    let n = name();
+    let l = t
+        .locks
+        .lease(&n)
+        .ttl(LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let sql = t.locks.fence_sql();
+    assert_eq!(
+        sql,
+        format!("SELECT \"{}\".fence($1, $2, $3)::text", t.schema)
+    );
+    let (pool, n2) = (&t.pool, &n);
+    let run = |token: i64| {
+        let n = n2.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .bind("")
+                .bind(n)
+                .bind(token)
+                .execute(&mut *tx)
+                .await;
+            tx.rollback().await.unwrap();
+            r
+        }
+    };
+    run(l.token()).await.unwrap();
+    let err = run(l.token() - 1).await.unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01")
+    );
+    let token = l.token();
+    l.release().await.unwrap();
+    let err = run(token).await.unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("PGL01"),
+        "released: the token no longer fences"
+    );
+}

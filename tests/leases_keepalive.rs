@@ -69,6 +69,7 @@ async fn lost_resolves_on_force_release_and_renew_says_lease_lost() {
     let l = held_for(&t.locks, &n, Duration::from_millis(300))
         .await
         .keep_alive();
+    assert!(!l.is_lost());
     assert_eq!(
         t.other("ops").force_release(&n).await.unwrap(),
         Some(l.token())
@@ -76,6 +77,7 @@ async fn lost_resolves_on_force_release_and_renew_says_lease_lost() {
     tokio::time::timeout(Duration::from_secs(10), l.lost())
         .await
         .expect("lost() resolves");
+    assert!(l.is_lost());
     assert!(matches!(l.renew().await, Err(Error::LeaseLost { .. })));
     let mut tx = t.pool.begin().await.unwrap();
     assert!(matches!(

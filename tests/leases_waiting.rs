@@ -73,6 +73,7 @@ async fn request_release_reaches_the_holder() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!heard.is_finished());
+    assert!(!a.is_release_requested());
     assert_eq!(
         t.other("ops").request_release(&n).await.unwrap(),
         Some(a.token())
@@ -81,6 +82,7 @@ async fn request_release_reaches_the_holder() {
         .await
         .expect("holder hears it")
         .unwrap();
+    assert!(a.is_release_requested(), "the wait records what it heard");
     let rows = t.locks.leases().await.unwrap();
     assert!(rows.iter().any(|r| r.name == n && r.release_requested));
     a.release().await.unwrap();

@@ -84,6 +84,20 @@ impl LeaseRef {
         self.shared.remaining()
     }
 
+    /// Whether the lease is known lost, or its local deadline has passed:
+    /// the non-waiting form of [`lost`](Self::lost). Once true it stays
+    /// true.
+    pub fn is_lost(&self) -> bool {
+        self.shared.is_lost()
+    }
+
+    /// Whether a release request has been seen (by its NOTIFY, while
+    /// [`release_requested`](Self::release_requested) waited, or by a
+    /// renewal): the non-waiting form of that wait. Sends no SQL.
+    pub fn is_release_requested(&self) -> bool {
+        self.shared.state.borrow().release_requested
+    }
+
     /// The JSON payload: as found at acquire time, or as last set.
     pub fn data(&self) -> Option<Value> {
         self.shared.data.lock().unwrap().clone()
