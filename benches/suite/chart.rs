@@ -66,7 +66,7 @@ pub fn draw(medians: &[Record], dir: &Path, machine: &str) -> Vec<PathBuf> {
             return;
         }
         let rows = panels.len().div_ceil(cols);
-        let size = (560 * cols as u32, 300 * rows as u32 + 40);
+        let size = ((560 * cols as u32).max(900), 300 * rows as u32 + 40);
         let png = dir.join(format!("{name}.png"));
         let svg = dir.join(format!("{name}.svg"));
         let a = grid(
@@ -201,7 +201,7 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 20))?;
+    let root = root.titled(title, ("sans-serif", 18))?;
     for (area, p) in root.split_evenly((rows, cols)).iter().zip(panels) {
         panel(area, p)?;
     }
@@ -217,7 +217,7 @@ where
     let ymax = ys.clone().fold(0.0f64, f64::max).max(1e-3);
     let ymin = ys.filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min);
     let n = p.xlabels.len();
-    let xr = -0.3f64..(n as f64 - 0.7);
+    let xr = -0.5f64..(n as f64 - 0.5);
     let labels = p.xlabels.clone();
     let fmt = move |x: &f64| {
         let i = x.round();
@@ -237,7 +237,7 @@ where
             let mut chart = $chart;
             chart
                 .configure_mesh()
-                .x_labels(n * 10 + 1)
+                .x_labels(2 * n + 1)
                 .x_label_formatter(&fmt)
                 .disable_x_mesh()
                 .y_desc(p.ydesc)
