@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use pglock::{Error, Lease, Locks};
+use pglock::{Error, LeaseRef, Locks};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -154,7 +154,7 @@ async fn worker(w: usize, locks: Locks, db: PgPool) -> (usize, Result<Option<usi
 
 /// A few "epochs", each reported in the lease data (visible to everyone,
 /// and to whoever takes the trial over).
-async fn train(trial: &Lease) -> Result<(), Error> {
+async fn train(trial: &LeaseRef) -> Result<(), Error> {
     let steps = 3 + (hash(trial.name()) % 4) as u32;
     for step in 1..=steps {
         let jitter = hash(&format!("{}:{step}", trial.name())) % 60;
@@ -165,7 +165,7 @@ async fn train(trial: &Lease) -> Result<(), Error> {
 }
 
 /// The fenced write: only the current holder of the trial can commit it.
-async fn record(db: &PgPool, trial: &Lease, w: usize, loss: f64) -> Result<(), Error> {
+async fn record(db: &PgPool, trial: &LeaseRef, w: usize, loss: f64) -> Result<(), Error> {
     let mut tx = db.begin().await?;
     trial.fence(&mut tx).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(

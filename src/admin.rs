@@ -1,14 +1,19 @@
-//! Seeing and repairing leases: listing, forced release, preemption.
+//! Seeing and repairing leases: listing, who holds what, forced release,
+//! preemption. The command line's `ls`, `release --force` and
+//! `request-release` are these calls.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
+use sqlx::postgres::PgRow;
 
-use crate::Locks;
-use crate::error::{Error, Result};
+use crate::db::Repeat;
+use crate::error::Result;
 use crate::key::validate_name;
-use crate::session::on_statement_conn;
-use crate::wait::{lease_topic, payload, pool_topic};
+use crate::lease::state::Scope;
+use crate::locks::Locks;
+use crate::pool::LeasePool;
+use crate::wait::payload;
 
 /// One row of [`Locks::leases`]: a plain lease, or a held pool item.
 #[derive(Debug, Clone)]
@@ -36,40 +41,73 @@ pub struct LeaseInfo {
     pub release_requested: bool,
 }
 
+impl LeaseInfo {
+    fn from_row(r: &PgRow) -> Result<LeaseInfo> {
+        let ms: Option<f64> = r.try_get("expires_in_ms")?;
+        let pool: String = r.try_get("pool")?;
+        Ok(LeaseInfo {
+            pool: Some(pool).filter(|p| !p.is_empty()),
+            name: r.try_get("name")?,
+            token: r.try_get("token")?,
+            holder: r.try_get("holder")?,
+            held: r.try_get("held")?,
+            acquired_at: r.try_get("acquired_at")?,
+            expires_at: r.try_get("expires_at")?,
+            expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
+            data: r.try_get("data")?,
+            release_requested: r.try_get("release_requested")?,
+        })
+    }
+}
+
 impl Locks {
     /// Every plain lease in the schema, held or not, and every held pool
     /// item, ordered by pool and name.
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`]; [`Error::Database`].
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated);
+    /// [`Error::Database`](crate::Error::Database).
     pub async fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        let inner = &self.inner;
-        let rows = on_statement_conn!(inner.sessions, |c| {
-            inner
-                .query(sqlx::AssertSqlSafe(inner.sql.lease_list.as_str()))
-                .fetch_all(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        rows.into_iter()
-            .map(|r| {
-                let ms: Option<f64> = r.try_get("expires_in_ms")?;
-                let pool: String = r.try_get("pool")?;
-                Ok(LeaseInfo {
-                    pool: Some(pool).filter(|p| !p.is_empty()),
-                    name: r.try_get("name")?,
-                    token: r.try_get("token")?,
-                    holder: r.try_get("holder")?,
-                    held: r.try_get("held")?,
-                    acquired_at: r.try_get("acquired_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
-                    data: r.try_get("data")?,
-                    release_requested: r.try_get("release_requested")?,
-                })
-            })
-            .collect()
+        let db = self.db();
+        let rows = db
+            .fetch_all(Repeat::Safe, &db.sql.lease_list, |q| q)
+            .await?;
+        rows.iter().map(LeaseInfo::from_row).collect()
+    }
+
+    /// The row of lease `name`, held or not (`held` tells), or `None` if it
+    /// was never taken: who holds it and until when, or what became of it
+    /// (a greater token than yours: taken over; `expires_at` empty:
+    /// released).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput);
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated);
+    /// [`Error::Database`](crate::Error::Database).
+    pub async fn lease_info(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        validate_name("lease name", name)?;
+        self.info_in(&Scope::Lease, name).await
+    }
+
+    /// Who holds lease `name` now, and for how long still (by the database
+    /// clock); `None` if nobody does.
+    ///
+    /// # Errors
+    ///
+    /// As [`lease_info`](Self::lease_info).
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        Ok(self.lease_info(name).await?.filter(|l| l.held))
+    }
+
+    pub(crate) async fn info_in(&self, scope: &Scope, name: &str) -> Result<Option<LeaseInfo>> {
+        let db = self.db();
+        let pool = scope.pool_column();
+        let row = db
+            .fetch_optional(Repeat::Safe, &db.sql.lease_get, |q| q.bind(pool).bind(name))
+            .await?;
+        row.as_ref().map(LeaseInfo::from_row).transpose()
     }
 
     /// Releases lease `name` whoever holds it, and wakes waiters. For
@@ -78,10 +116,12 @@ impl Locks {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput);
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated);
+    /// [`Error::Database`](crate::Error::Database).
     pub async fn force_release(&self, name: &str) -> Result<Option<i64>> {
         validate_name("lease name", name)?;
-        self.force_release_in("", name).await
+        self.force_release_in(&Scope::Lease, name).await
     }
 
     /// Asks the holder of lease `name` to let go: its
@@ -90,58 +130,77 @@ impl Locks {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
+    /// As [`force_release`](Self::force_release).
     pub async fn request_release(&self, name: &str) -> Result<Option<i64>> {
         validate_name("lease name", name)?;
-        self.request_release_in("", name).await
+        self.request_release_in(&Scope::Lease, name).await
     }
 
-    pub(crate) async fn force_release_in(&self, pool: &str, name: &str) -> Result<Option<i64>> {
-        let inner = &self.inner;
-        let wake = if pool.is_empty() {
-            name.to_owned()
-        } else {
-            pool_topic(pool)
+    pub(crate) async fn force_release_in(&self, scope: &Scope, name: &str) -> Result<Option<i64>> {
+        let db = self.db();
+        let wake = scope.free_topic(name);
+        let Some(r) = self
+            .notify_row(&db.sql.lease_force_release, scope, name, &wake)
+            .await?
+        else {
+            return Ok(None);
         };
-        let row = on_statement_conn!(once inner.sessions, |c| {
-            inner.query(sqlx::AssertSqlSafe(inner.sql.lease_force_release.as_str()))
-                .bind(pool)
-                .bind(name)
-                .bind(payload(&inner.schema, &wake))
-                .fetch_optional(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        match row {
-            Some(r) => {
-                let token: i64 = r.try_get(0)?;
-                let holder: Option<String> = r.try_get(1)?;
-                tracing::warn!(
-                    pool,
-                    name,
-                    token,
-                    holder = holder.as_deref(),
-                    "lease force-released"
-                );
-                Ok(Some(token))
-            }
-            None => Ok(None),
-        }
+        let token: i64 = r.try_get(0)?;
+        let holder: Option<String> = r.try_get(1)?;
+        let pool = scope.pool_column();
+        tracing::warn!(
+            pool,
+            name,
+            token,
+            holder = holder.as_deref(),
+            "lease force-released"
+        );
+        Ok(Some(token))
     }
 
-    pub(crate) async fn request_release_in(&self, pool: &str, name: &str) -> Result<Option<i64>> {
-        let inner = &self.inner;
-        let token = on_statement_conn!(once inner.sessions, |c| {
-            inner.query_scalar(sqlx::AssertSqlSafe(
-                inner.sql.lease_request_release.as_str(),
-            ))
-            .bind(pool)
-            .bind(name)
-            .bind(payload(&inner.schema, &lease_topic(pool, name)))
-            .fetch_optional(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        Ok(token)
+    pub(crate) async fn request_release_in(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<Option<i64>> {
+        let db = self.db();
+        let wake = scope.holder_topic(name);
+        let row = self
+            .notify_row(&db.sql.lease_request_release, scope, name, &wake)
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// Runs `sql` (`$1` pool, `$2` name, `$3` the payload that wakes
+    /// `topic`) once; its row, if any.
+    async fn notify_row(
+        &self,
+        sql: &str,
+        scope: &Scope,
+        name: &str,
+        topic: &str,
+    ) -> Result<Option<PgRow>> {
+        let db = self.db();
+        let pool = scope.pool_column();
+        let wake = payload(&db.schema, topic);
+        db.fetch_optional(Repeat::Never, sql, |q| q.bind(pool).bind(name).bind(&wake))
+            .await
+    }
+}
+
+impl LeasePool {
+    /// The row of `item`, held or not, or `None` if the pool has no such
+    /// item; see [`Locks::lease_info`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Locks::lease_info`].
+    pub async fn item_info(&self, item: &str) -> Result<Option<LeaseInfo>> {
+        validate_name("pool name", self.name())?;
+        validate_name("item name", item)?;
+        let scope = Scope::Item {
+            pool: self.name().to_owned(),
+        };
+        self.locks().info_in(&scope, item).await
     }
 }

@@ -25,13 +25,16 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
+use crate::sql::advisory::KeyKind;
 
-/// Longest accepted lease, pool, item or advisory key name, in bytes.
-pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest accepted lease, pool, item or advisory key name, in bytes
+/// ([`Locks::MAX_NAME_BYTES`](crate::Locks::MAX_NAME_BYTES)).
+pub(crate) const MAX_NAME_BYTES: usize = 1024;
 
 /// A key in the advisory lock space: a raw `i64`, or a string that the
 /// server hashes with `hashtextextended(key, 0)`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AdvisoryKey {
     /// A raw 64-bit key, passed to `pg_advisory_lock(bigint)` unchanged.
     Int(i64),
@@ -47,19 +50,23 @@ impl AdvisoryKey {
         }
     }
 
-    pub(crate) fn is_text(&self) -> bool {
-        matches!(self, AdvisoryKey::Text(_))
+    /// How the key travels to the server.
+    pub(crate) fn kind(&self) -> KeyKind {
+        match self {
+            AdvisoryKey::Int(_) => KeyKind::Int,
+            AdvisoryKey::Text(_) => KeyKind::Text,
+        }
     }
 
     /// Binds the key as `$1`: `int8` for an integer key, `text` for a
     /// string key (the statement hashes it).
     pub(crate) fn bind<'q>(
-        &'q self,
+        &self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         match self {
             AdvisoryKey::Int(k) => query.bind(*k),
-            AdvisoryKey::Text(s) => query.bind(s.as_str()),
+            AdvisoryKey::Text(s) => query.bind(s.clone()),
         }
     }
 }
@@ -110,6 +117,35 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<()> {
     }
     if name.contains('\0') {
         return Err(Error::invalid(field, "must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+/// Largest accepted JSON payload of a lease, serialized
+/// ([`LeaseRequest::MAX_DATA_BYTES`](crate::LeaseRequest::MAX_DATA_BYTES)).
+pub(crate) const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// Checks a lease's JSON payload.
+pub(crate) fn validate_data(data: &serde_json::Value) -> Result<()> {
+    let len = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > MAX_DATA_BYTES {
+        return Err(Error::invalid(
+            "data",
+            format!("JSON must be at most {MAX_DATA_BYTES} bytes, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `value` of `field` lies in `1..=max`.
+pub(crate) fn validate_count(field: &'static str, what: &str, value: u32, max: u32) -> Result<()> {
+    if !(1..=max).contains(&value) {
+        return Err(Error::invalid(
+            field,
+            format!("{what}must be between 1 and {max}, got {value}"),
+        ));
     }
     Ok(())
 }

@@ -1,25 +1,15 @@
 //! [`Locks`], the handle everything starts from, and its builder.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::query::{Query, QueryScalar};
-use sqlx::{Postgres, SqlSafeStr};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use crate::advisory::Advisory;
+use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::key::{AdvisoryKey, quote_schema};
-
-/// Default schema of pglock's tables and functions.
-pub const DEFAULT_SCHEMA: &str = "pglock";
-
-/// Default number of advisory lock sessions a [`Locks`] may hold at once.
-pub const DEFAULT_MAX_SESSIONS: u32 = 16;
-
-/// Default number of connections a [`Locks`] uses for short statements
-/// (lease operations, renewals, claims) at once.
-pub const DEFAULT_STATEMENT_CONNECTIONS: u32 = 8;
+use crate::key::{quote_schema, validate_name};
+use crate::lease::keepalive::KeepAlive;
+use crate::session::{Limits, Pooler};
 
 /// The handle to pglock: advisory locks, leases, pools and semaphores on one
 /// PostgreSQL database. Cheap to clone; clones share everything.
@@ -45,59 +35,31 @@ pub const DEFAULT_STATEMENT_CONNECTIONS: u32 = 8;
 /// Create it inside a Tokio runtime.
 #[derive(Clone, Debug)]
 pub struct Locks {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
-    /// The caller's pool: its connect options are pglock's.
-    pub(crate) pool: PgPool,
-    /// pglock's own connections beside the caller's pool: advisory lock
-    /// sessions and short statements, without sqlx's pings.
-    pub(crate) sessions: Arc<crate::session::Sessions>,
-    /// Connections for advisory lock sessions: `sessions` itself unless
-    /// [`LocksBuilder::session_options`] was given.
-    pub(crate) lock_sessions: Arc<crate::session::Sessions>,
-    /// Whether the pool's connect options lead through a transaction-mode
-    /// pooler ([`LocksBuilder::transaction_pooler`]).
-    pub(crate) transaction_pooler: bool,
-    /// Connect options of connections that need a real session (advisory
-    /// lock sessions, LISTEN, `migrate`), if they differ from the pool's.
-    pub(crate) session_options: Option<PgConnectOptions>,
-    pub(crate) schema: String,
-    pub(crate) quoted_schema: String,
-    pub(crate) holder: String,
-    /// Every statement on pglock's tables, with the schema filled in.
-    pub(crate) sql: crate::sql::Statements,
-    /// The shared LISTEN connection.
-    pub(crate) hub: crate::wait::Hub,
+struct Inner {
+    db: Arc<Db>,
+    holder: String,
     /// The background renewal task.
-    pub(crate) keepalive: crate::keepalive::KeepAlive,
+    keepalive: KeepAlive,
     /// Semaphores (name, permits) whose permits this handle has ensured.
-    pub(crate) semaphores: std::sync::Mutex<std::collections::HashSet<(String, u32)>>,
-}
-
-impl Inner {
-    /// `sqlx::query(sql)`, with an unnamed prepared statement behind a
-    /// transaction-mode pooler (a named one would stay on a server
-    /// connection that the pooler hands to other clients).
-    pub(crate) fn query<'q>(&self, sql: impl SqlSafeStr) -> Query<'q, Postgres, PgArguments> {
-        sqlx::query(sql).persistent(!self.transaction_pooler)
-    }
-
-    /// `sqlx::query_scalar(sql)`, as [`Inner::query`].
-    pub(crate) fn query_scalar<'q, O>(
-        &self,
-        sql: impl SqlSafeStr,
-    ) -> QueryScalar<'q, Postgres, O, PgArguments>
-    where
-        (O,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-    {
-        sqlx::query_scalar(sql).persistent(!self.transaction_pooler)
-    }
+    semaphores: Mutex<HashSet<(String, u32)>>,
 }
 
 impl Locks {
+    /// Default schema of pglock's tables and functions.
+    pub const DEFAULT_SCHEMA: &str = "pglock";
+    /// Default number of advisory lock sessions a [`Locks`] may hold at once.
+    pub const DEFAULT_MAX_SESSIONS: u32 = 16;
+    /// Default number of connections a [`Locks`] uses for short statements
+    /// (lease operations, renewals, claims) at once.
+    pub const DEFAULT_STATEMENT_CONNECTIONS: u32 = 8;
+    /// Longest accepted lease, pool, item, holder or advisory key name, in
+    /// bytes.
+    pub const MAX_NAME_BYTES: usize = crate::key::MAX_NAME_BYTES;
+
     /// A handle on `pool` with the default schema (`pglock`) and holder label
     /// (`hostname:pid`).
     pub fn new(pool: PgPool) -> Locks {
@@ -110,10 +72,10 @@ impl Locks {
     pub fn builder(pool: PgPool) -> LocksBuilder {
         LocksBuilder {
             pool,
-            schema: DEFAULT_SCHEMA.to_owned(),
+            schema: Locks::DEFAULT_SCHEMA.to_owned(),
             holder: None,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            statement_connections: DEFAULT_STATEMENT_CONNECTIONS,
+            max_sessions: Locks::DEFAULT_MAX_SESSIONS,
+            statement_connections: Locks::DEFAULT_STATEMENT_CONNECTIONS,
             transaction_pooler: false,
             session_options: None,
         }
@@ -140,28 +102,12 @@ impl Locks {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self) -> Result<()> {
-        crate::migrate::run(self).await
-    }
-
-    /// A session advisory lock on `key`: a string (hashed by the server with
-    /// `hashtextextended(key, 0)`) or a raw `i64`.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
-    /// let guard = locks.advisory("ckpt/run-42").lock().await?;
-    /// // … write the checkpoint …
-    /// guard.release().await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn advisory(&self, key: impl Into<AdvisoryKey>) -> Advisory {
-        Advisory::new(self.clone(), key.into())
+        crate::migrate::run(self.db()).await
     }
 
     /// The schema this handle works in (unquoted).
     pub fn schema(&self) -> &str {
-        &self.inner.schema
+        &self.inner.db.schema
     }
 
     /// The holder label written into lease rows.
@@ -169,15 +115,29 @@ impl Locks {
         &self.inner.holder
     }
 
-    /// The SQL pglock sends, with this handle's schema (for benchmarks).
+    /// The SQL pglock sends, with this handle's schema: for pglock's own
+    /// tests and benchmarks, behind the unstable `internals` feature.
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub fn __statements(&self) -> &crate::sql::Statements {
-        &self.inner.sql
+        &self.inner.db.sql
     }
 
     /// The pool this handle was created with.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.inner.db.pool
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.inner.db
+    }
+
+    pub(crate) fn keepalive(&self) -> &KeepAlive {
+        &self.inner.keepalive
+    }
+
+    pub(crate) fn semaphores(&self) -> &Mutex<HashSet<(String, u32)>> {
+        &self.inner.semaphores
     }
 }
 
@@ -273,7 +233,7 @@ impl LocksBuilder {
         let quoted_schema = quote_schema(&self.schema)?;
         let holder = match self.holder {
             Some(h) => {
-                crate::key::validate_name("holder", &h)?;
+                validate_name("holder", &h)?;
                 h
             }
             None => default_holder(),
@@ -293,50 +253,29 @@ impl LocksBuilder {
                 ),
             ));
         }
-        let options = (*self.pool.connect_options()).clone();
-        let sessions = crate::session::Sessions::new(
-            options.clone(),
-            self.max_sessions,
-            self.statement_connections,
-            self.transaction_pooler,
+        let pooler = if self.transaction_pooler {
+            Pooler::TransactionMode
+        } else {
+            Pooler::SessionMode
+        };
+        let limits = Limits {
+            max_sessions: self.max_sessions,
+            statement_connections: self.statement_connections,
+        };
+        let db = Db::new(
+            self.pool,
+            self.schema,
+            quoted_schema,
+            pooler,
+            self.session_options,
+            limits,
         );
-        let lock_sessions = match &self.session_options {
-            Some(o) => crate::session::Sessions::new(
-                o.clone(),
-                self.max_sessions,
-                self.statement_connections,
-                false,
-            ),
-            None => sessions.clone(),
-        };
-        // Where LISTEN can work: not through a transaction pooler.
-        let listen_options = match (&self.session_options, self.transaction_pooler) {
-            (Some(o), _) => Some(o.clone()),
-            (None, false) => Some(options),
-            (None, true) => None,
-        };
-        // PgListener needs a sqlx pool: a private one, for that connection only.
-        let listen_pool = listen_options.map(|o| {
-            PgPoolOptions::new()
-                .max_connections(2)
-                .min_connections(0)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_lazy_with(o)
-        });
         Ok(Locks {
             inner: Arc::new(Inner {
-                pool: self.pool,
-                sql: crate::sql::Statements::new(&quoted_schema),
-                hub: crate::wait::Hub::new(self.schema.clone(), listen_pool),
-                lock_sessions,
-                transaction_pooler: self.transaction_pooler,
-                session_options: self.session_options,
-                keepalive: Default::default(),
-                semaphores: Default::default(),
-                sessions,
-                schema: self.schema,
-                quoted_schema,
+                db: Arc::new(db),
                 holder,
+                keepalive: KeepAlive::default(),
+                semaphores: Mutex::default(),
             }),
         })
     }

@@ -14,7 +14,9 @@
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, PgConnection};
 
+use crate::db::Db;
 use crate::error::Result;
+use crate::session::Pooler;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
@@ -26,31 +28,30 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-pub(crate) async fn run(locks: &crate::Locks) -> Result<()> {
-    let inner = &locks.inner;
-    let options = match &inner.session_options {
+pub(crate) async fn run(db: &Db) -> Result<()> {
+    let options = match &db.session_options {
         Some(o) => o.clone(),
         // sqlx's migrator holds a session advisory lock across statements.
-        None if inner.transaction_pooler => {
-            return Err(crate::Error::invalid(
+        None if db.pooler == Pooler::TransactionMode => {
+            return Err(crate::error::Error::invalid(
                 "migrate",
                 "migrate needs a session (it holds a session advisory lock); behind a \
                  transaction-mode pooler give LocksBuilder::session_options(..) a direct or \
                  session-mode connection, or migrate through a direct pool",
             ));
         }
-        None => (*inner.pool.connect_options()).clone(),
+        None => (*db.pool.connect_options()).clone(),
     };
     let mut conn = PgConnection::connect_with(&options).await?;
     let result = async {
         conn.execute(sqlx::AssertSqlSafe(format!(
             "SET search_path TO {}",
-            inner.quoted_schema
+            db.quoted_schema
         )))
         .await?;
         let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
-        migrator.create_schema(inner.quoted_schema.clone());
-        migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", inner.quoted_schema));
+        migrator.create_schema(db.quoted_schema.clone());
+        migrator.dangerous_set_table_name(format!("{}.{MIGRATIONS_TABLE}", db.quoted_schema));
         migrator.run_direct(None, &mut conn, false).await?;
         Ok(())
     }

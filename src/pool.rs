@@ -1,11 +1,12 @@
-//! Lease pools (claim any free item of a set) and semaphores (at most N at a
-//! time).
+//! Lease pools: claim any free item of a set. (Semaphores, at most N at a
+//! time, are pools of permits: see [`Semaphore`](crate::Semaphore).)
 //!
 //! A pool is a set of named items — dataset shards, hyperparameter trials,
-//! GPU slots. A worker claims *any* free item and gets an ordinary
-//! [`Lease`] on it, with a fresh fencing token: `fence`, `keep_alive`,
-//! `set_data`, `release` all work. [`Lease::complete`] marks the item done
-//! for good; `release` puts it back.
+//! GPU slots. A worker claims *any* free item and gets a [`PoolLease`] on
+//! it, with a fresh fencing token: `fence`, `keep_alive`, `set_data`,
+//! `release` all work as on a [`Lease`](crate::Lease).
+//! [`PoolLease::complete`] marks the item done for good; `release` puts it
+//! back.
 //!
 //! ```no_run
 //! # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
@@ -47,19 +48,17 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::Locks;
+use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
 use crate::key::validate_name;
-use crate::lease::{DEFAULT_TTL, Lease, Pending, Shared, validate_timeout, validate_ttl, within};
-use crate::session::on_statement_conn;
-use crate::wait::{Look, pool_topic, until_done};
-
-/// Most permits a semaphore may have.
-pub const MAX_PERMITS: u32 = 10_000;
+use crate::lease::state::{Scope, Shared};
+use crate::lease::{PoolLease, Terms, terms_setters};
+use crate::locks::Locks;
+use crate::wait::{self, Look, payload};
 
 /// A named set of items to claim; see [`Locks::lease_pool`].
 #[derive(Debug, Clone)]
@@ -83,7 +82,7 @@ pub struct PoolStatus {
 }
 
 /// One item of a pool, from [`LeasePool::items`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 #[non_exhaustive]
 pub struct PoolItem {
     /// The item name.
@@ -110,36 +109,16 @@ impl Locks {
             name: name.into(),
         }
     }
-
-    /// A semaphore: at most `permits` holders at a time. A permit is a
-    /// [`Lease`], so it expires if its holder dies and can be kept alive.
-    ///
-    /// Every process should use the same count; changing it takes effect
-    /// for each process with its next acquire with the new count (permits
-    /// are added as needed, and permits at or above the count are no longer
-    /// handed out). Pools and semaphores share one namespace.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
-    /// let permit = locks.semaphore("embeddings-api", 4).acquire().await?;
-    /// // … at most 4 of these run at once, across every process …
-    /// permit.release().await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> Semaphore {
-        Semaphore {
-            claim: self.lease_pool(name).claim(),
-            permits,
-        }
-    }
 }
 
 impl LeasePool {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn locks(&self) -> &Locks {
+        &self.locks
     }
 
     /// Adds items, in one statement. Idempotent: items already in the pool
@@ -161,33 +140,14 @@ impl LeasePool {
             validate_name("item name", item)?;
         }
         let slots = vec![None::<i32>; items.len()];
-        self.add_raw("pool", &items, &slots).await
-    }
-
-    async fn add_raw(&self, kind: &str, items: &[String], slots: &[Option<i32>]) -> Result<u64> {
-        let inner = &self.locks.inner;
-        let added: i64 = on_statement_conn!(inner.sessions, |c| {
-            inner
-                .query_scalar(sqlx::AssertSqlSafe(inner.sql.pool_add.as_str()))
-                .bind(&self.name)
-                .bind(items)
-                .bind(kind)
-                .bind(slots)
-                .fetch_one(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        Ok(added as u64)
+        add_items(self.locks.db(), &self.name, "pool", &items, &slots).await
     }
 
     /// A claim of any free item; see [`Claim`].
     pub fn claim(&self) -> Claim {
         Claim {
             pool: self.clone(),
-            ttl: DEFAULT_TTL,
-            timeout: None,
-            holder: None,
-            max_slot: None,
+            terms: Terms::default(),
         }
     }
 
@@ -198,15 +158,10 @@ impl LeasePool {
     /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
     pub async fn status(&self) -> Result<PoolStatus> {
         validate_name("pool name", &self.name)?;
-        let inner = &self.locks.inner;
-        let row = on_statement_conn!(inner.sessions, |c| {
-            inner
-                .query(sqlx::AssertSqlSafe(inner.sql.pool_status.as_str()))
-                .bind(&self.name)
-                .fetch_one(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let db = self.locks.db();
+        let row = db
+            .fetch_one(Repeat::Safe, &db.sql.pool_status, |q| q.bind(&self.name))
+            .await?;
         let count = |col: &str| row.try_get::<i64, _>(col).map(|n| n as u64);
         Ok(PoolStatus {
             total: count("total")?,
@@ -223,28 +178,11 @@ impl LeasePool {
     /// [`Error::InvalidInput`]; [`Error::NotMigrated`]; [`Error::Database`].
     pub async fn items(&self) -> Result<Vec<PoolItem>> {
         validate_name("pool name", &self.name)?;
-        let inner = &self.locks.inner;
-        let rows = on_statement_conn!(inner.sessions, |c| {
-            inner
-                .query(sqlx::AssertSqlSafe(inner.sql.pool_items.as_str()))
-                .bind(&self.name)
-                .fetch_all(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(PoolItem {
-                    name: r.try_get("name")?,
-                    token: r.try_get("token")?,
-                    holder: r.try_get("holder")?,
-                    held: r.try_get("held")?,
-                    done: r.try_get("done")?,
-                    expires_at: r.try_get("expires_at")?,
-                    data: r.try_get("data")?,
-                })
-            })
-            .collect()
+        let db = self.locks.db();
+        let rows = db
+            .fetch_all(Repeat::Safe, &db.sql.pool_items, |q| q.bind(&self.name))
+            .await?;
+        rows.iter().map(|r| Ok(PoolItem::from_row(r)?)).collect()
     }
 
     /// Releases `item` whoever holds it; it becomes free again. Returns the
@@ -256,7 +194,10 @@ impl LeasePool {
     pub async fn force_release(&self, item: &str) -> Result<Option<i64>> {
         validate_name("pool name", &self.name)?;
         validate_name("item name", item)?;
-        self.locks.force_release_in(&self.name, item).await
+        let scope = Scope::Item {
+            pool: self.name.clone(),
+        };
+        self.locks.force_release_in(&scope, item).await
     }
 
     /// Asks the holder of `item` to let go (see
@@ -269,8 +210,28 @@ impl LeasePool {
     pub async fn request_release(&self, item: &str) -> Result<Option<i64>> {
         validate_name("pool name", &self.name)?;
         validate_name("item name", item)?;
-        self.locks.request_release_in(&self.name, item).await
+        let scope = Scope::Item {
+            pool: self.name.clone(),
+        };
+        self.locks.request_release_in(&scope, item).await
     }
+}
+
+/// Adds `items` of `kind` (`pool` or `semaphore`) to pool `pool`, in one
+/// statement; how many were new.
+pub(crate) async fn add_items(
+    db: &Db,
+    pool: &str,
+    kind: &str,
+    items: &[String],
+    slots: &[Option<i32>],
+) -> Result<u64> {
+    let row = db
+        .fetch_one(Repeat::Safe, &db.sql.pool_add, |q| {
+            q.bind(pool).bind(items).bind(kind).bind(slots)
+        })
+        .await?;
+    Ok(row.try_get::<i64, _>(0)? as u64)
 }
 
 /// A claim of any free item of a pool; see [`LeasePool::claim`].
@@ -278,63 +239,36 @@ impl LeasePool {
 #[must_use = "a Claim does nothing until acquire() or try_acquire() is called"]
 pub struct Claim {
     pool: LeasePool,
-    ttl: Duration,
-    timeout: Option<Duration>,
-    holder: Option<String>,
-    /// Semaphores: only permits below this slot.
-    max_slot: Option<i32>,
+    terms: Terms,
 }
 
 impl Claim {
-    /// The lease TTL of the claimed item (default 30 s; 100 ms to 30 days).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Give up waiting with [`Error::Timeout`] after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// The holder label (default: the `Locks`' holder). Sticky resume
-    /// matches on it.
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.holder = Some(holder.into());
-        self
-    }
+    terms_setters!();
 
     fn validate(&self) -> Result<()> {
         validate_name("pool name", &self.pool.name)?;
-        validate_ttl(self.ttl)?;
-        if let Some(t) = self.timeout {
-            validate_timeout(t)?;
-        }
-        if let Some(h) = &self.holder {
-            validate_name("holder", h)?;
-        }
-        Ok(())
+        self.terms.validate()
     }
 
     /// Claims a free (or expired) item if there is one; `Ok(None)` if not.
     ///
     /// # Cancel safety
     ///
-    /// The claim is one statement. Dropped after it was sent, an item
-    /// claimed is left to expire after its TTL.
+    /// Cancel safe: dropped at any point, nothing stays held. Once sent,
+    /// the claim statement runs to its end in a task of its own, which puts
+    /// the item back (after the statement) if its caller is gone by then.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] before any SQL; [`Error::NotMigrated`];
     /// [`Error::Database`].
-    pub async fn try_acquire(self) -> Result<Option<Lease>> {
+    pub async fn try_acquire(self) -> Result<Option<PoolLease>> {
         self.validate()?;
-        match self.attempt().await {
-            Ok(Look::Done(lease)) => Ok(Some(lease)),
-            Ok(Look::Again(_)) | Err(Error::PoolDrained { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let scope = Scope::Item {
+            pool: self.pool.name.clone(),
+        };
+        let got = try_claim(&self.pool.locks, &scope, &self.terms, None).await?;
+        Ok(got.map(|s| PoolLease::new(self.pool.locks.clone(), s)))
     }
 
     /// Waits for a free item and claims it. Wakes when an item is released
@@ -350,150 +284,88 @@ impl Claim {
     /// [`Error::PoolDrained`] when nothing is free or held (every item is
     /// done); [`Error::Timeout`]; otherwise as
     /// [`try_acquire`](Self::try_acquire).
-    pub async fn acquire(self) -> Result<Lease> {
+    pub async fn acquire(self) -> Result<PoolLease> {
         self.validate()?;
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let what = format!("an item of pool {:?}", self.pool.name);
-        let (hub, topic) = (&self.pool.locks.inner.hub, pool_topic(&self.pool.name));
-        let wait = until_done(hub, &topic, || self.attempt());
-        within(deadline, self.timeout, what, wait).await
-    }
-
-    /// One look: an item, how long until one may be free, or
-    /// [`Error::PoolDrained`].
-    async fn attempt(&self) -> Result<Look<Lease>> {
-        let locks = &self.pool.locks;
-        let inner = &locks.inner;
-        let owner = Uuid::new_v4();
-        let holder = self.holder.as_deref().unwrap_or(&inner.holder);
-        let pending = Pending::item(locks, &self.pool.name, holder, owner);
-        let sent = Instant::now();
-        let row = on_statement_conn!(inner.sessions, |c| {
-            inner
-                .query(sqlx::AssertSqlSafe(inner.sql.pool_claim.as_str()))
-                .bind(&self.pool.name)
-                .bind(owner)
-                .bind(holder)
-                .bind(self.ttl.as_millis() as i64)
-                .bind(self.max_slot)
-                .fetch_one(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        pending.disarm();
-        if row.try_get::<bool, _>("claimed")? {
-            let shared = Shared::new(
-                self.pool.name.clone(),
-                row.try_get("name")?,
-                row.try_get("token")?,
-                owner,
-                holder.to_owned(),
-                self.ttl,
-                sent,
-                row.try_get("expires_at")?,
-                row.try_get("data")?,
-            );
-            tracing::debug!(pool = %self.pool.name, item = %shared.name, token = shared.token, "item claimed");
-            return Ok(Look::Done(Lease::new(locks.clone(), shared)));
-        }
-        let any_held: bool = row.try_get("any_held")?;
-        let free_locked: bool = row.try_get("free_locked")?;
-        if !any_held && !free_locked {
-            return Err(Error::PoolDrained {
-                pool: self.pool.name.clone(),
-            });
-        }
-        if free_locked {
-            // A concurrent claim holds a free item's row lock; it either
-            // takes it or rolls back. Look again shortly.
-            return Ok(Look::Again(Duration::from_millis(10)));
-        }
-        let ms: Option<f64> = row.try_get("wait_ms")?;
-        Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
-            Duration::from_secs_f64(ms / 1000.0)
-        })))
+        let scope = Scope::Item {
+            pool: self.pool.name.clone(),
+        };
+        let s = claim(&self.pool.locks, &scope, &self.terms, None).await?;
+        Ok(PoolLease::new(self.pool.locks.clone(), s))
     }
 }
 
-/// A semaphore of N permits; see [`Locks::semaphore`].
-#[derive(Debug, Clone)]
-#[must_use = "a Semaphore does nothing until acquire() or try_acquire() is called"]
-pub struct Semaphore {
-    claim: Claim,
-    permits: u32,
+/// Claims an item of `scope`'s pool now, if one is free; a drained pool is
+/// `None` too.
+pub(crate) async fn try_claim(
+    locks: &Locks,
+    scope: &Scope,
+    terms: &Terms,
+    max_slot: Option<i32>,
+) -> Result<Option<Shared>> {
+    match claim_look(locks, scope, terms, max_slot).await {
+        Ok(Look::Done(s)) => Ok(Some(s)),
+        Ok(Look::Again(_) | Look::WhenWoken) | Err(Error::PoolDrained { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-impl Semaphore {
-    /// The lease TTL of a permit (default 30 s).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.claim = self.claim.ttl(ttl);
-        self
-    }
+/// Waits for an item of `scope`'s pool and claims it.
+pub(crate) async fn claim(
+    locks: &Locks,
+    scope: &Scope,
+    terms: &Terms,
+    max_slot: Option<i32>,
+) -> Result<Shared> {
+    let pool = scope.pool_column();
+    let what = || format!("an item of pool {pool:?}");
+    let topic = scope.free_topic("");
+    let look = || claim_look(locks, scope, terms, max_slot);
+    wait::acquire(&locks.db().hub, &topic, terms.timeout, what, look).await
+}
 
-    /// Give up waiting with [`Error::Timeout`] after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.claim = self.claim.timeout(timeout);
-        self
+/// One look: an item, how long until one may be free, or
+/// [`Error::PoolDrained`]. `max_slot` limits a semaphore's claims to the
+/// permits below it.
+async fn claim_look(
+    locks: &Locks,
+    scope: &Scope,
+    terms: &Terms,
+    max_slot: Option<i32>,
+) -> Result<Look<Shared>> {
+    let db = locks.db();
+    let owner = Uuid::new_v4();
+    let holder = terms.holder(locks);
+    let pool = scope.pool_column().to_owned();
+    let (p, h, ttl_ms) = (pool.clone(), holder.clone(), terms.ttl_ms());
+    let (up, uh) = (pool.clone(), holder.clone());
+    let wake = payload(&db.schema, &scope.free_topic(""));
+    let sent = Instant::now();
+    let row = db
+        .take(
+            |s| &s.pool_claim,
+            move |q| q.bind(&p).bind(owner).bind(&h).bind(ttl_ms).bind(max_slot),
+            |s| &s.item_abandon,
+            move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
+        )
+        .await?
+        .ok_or_else(|| db.error(sqlx::Error::RowNotFound))?;
+    if row.try_get::<bool, _>("claimed")? {
+        let name = row.try_get("name")?;
+        let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
+        return Ok(Look::Done(shared));
     }
-
-    /// The holder label (default: the `Locks`' holder).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.claim = self.claim.holder(holder);
-        self
+    let any_held: bool = row.try_get("any_held")?;
+    let free_locked: bool = row.try_get("free_locked")?;
+    if !any_held && !free_locked {
+        return Err(Error::PoolDrained { pool });
     }
-
-    fn validate(&self) -> Result<()> {
-        if !(1..=MAX_PERMITS).contains(&self.permits) {
-            return Err(Error::invalid(
-                "permits",
-                format!("must be between 1 and {MAX_PERMITS}, got {}", self.permits),
-            ));
-        }
-        self.claim.validate()
+    if free_locked {
+        // A concurrent claim holds a free item's row lock; it either
+        // takes it or rolls back. Look again shortly.
+        return Ok(Look::Again(Duration::from_millis(10)));
     }
-
-    /// Makes sure permits `0..permits` exist: once per process and count.
-    async fn ensure(&self) -> Result<Claim> {
-        let pool = &self.claim.pool;
-        let key = (pool.name.clone(), self.permits);
-        let known = pool.locks.inner.semaphores.lock().unwrap().contains(&key);
-        if !known {
-            let names: Vec<String> = (0..self.permits).map(|i| format!("permit-{i}")).collect();
-            let slots: Vec<Option<i32>> = (0..self.permits as i32).map(Some).collect();
-            pool.add_raw("semaphore", &names, &slots).await?;
-            pool.locks.inner.semaphores.lock().unwrap().insert(key);
-        }
-        let mut claim = self.claim.clone();
-        claim.max_slot = Some(self.permits as i32);
-        Ok(claim)
-    }
-
-    /// Takes a permit if one is free now; `Ok(None)` if all are held.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`Claim::try_acquire`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for permits outside 1..=10000 or a bad name
-    /// or TTL; [`Error::NotMigrated`]; [`Error::Database`].
-    pub async fn try_acquire(self) -> Result<Option<Lease>> {
-        self.validate()?;
-        self.ensure().await?.try_acquire().await
-    }
-
-    /// Waits for a permit and takes it.
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`Claim::acquire`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`]; otherwise as [`try_acquire`](Self::try_acquire).
-    pub async fn acquire(self) -> Result<Lease> {
-        self.validate()?;
-        self.ensure().await?.acquire().await
-    }
+    let ms: Option<f64> = row.try_get("wait_ms")?;
+    Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
+        Duration::from_secs_f64(ms / 1000.0)
+    })))
 }

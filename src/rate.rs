@@ -9,16 +9,13 @@
 use std::time::Duration;
 
 use sqlx::Row;
-use tokio::time::Instant;
 
-use crate::Locks;
+use crate::db::Repeat;
 use crate::error::{Error, Result};
-use crate::key::validate_name;
-use crate::lease::within;
-use crate::session::on_statement_conn;
-
-/// Largest `n` of a rate limiter.
-pub const MAX_RATE: u32 = 1_000_000;
+use crate::key::{validate_count, validate_name};
+use crate::lease::LeaseRequest;
+use crate::locks::Locks;
+use crate::wait::{validate_timeout, within};
 
 /// A shared token bucket; see [`Locks::rate_limiter`].
 #[derive(Debug, Clone)]
@@ -56,6 +53,9 @@ impl Locks {
 }
 
 impl RateLimiter {
+    /// Largest `n` of a rate limiter.
+    pub const MAX_RATE: u32 = 1_000_000;
+
     /// Give up waiting with [`Error::Timeout`] after `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -64,20 +64,15 @@ impl RateLimiter {
 
     fn validate(&self) -> Result<()> {
         validate_name("rate limiter name", &self.name)?;
-        if !(1..=MAX_RATE).contains(&self.n) {
-            return Err(Error::invalid(
-                "rate",
-                format!("n must be between 1 and {MAX_RATE}, got {}", self.n),
-            ));
-        }
-        if self.per.is_zero() || self.per > crate::lease::MAX_TTL {
+        validate_count("rate", "n ", self.n, RateLimiter::MAX_RATE)?;
+        if self.per.is_zero() || self.per > LeaseRequest::MAX_TTL {
             return Err(Error::invalid(
                 "period",
                 format!("must be above zero and at most 30 days, got {:?}", self.per),
             ));
         }
         if let Some(t) = self.timeout {
-            crate::lease::validate_timeout(t)?;
+            validate_timeout(t)?;
         }
         Ok(())
     }
@@ -110,9 +105,8 @@ impl RateLimiter {
     /// [`Error::Timeout`]; otherwise as [`try_acquire`](Self::try_acquire).
     pub async fn acquire(&self) -> Result<()> {
         self.validate()?;
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let what = format!("a token of rate limiter {:?}", self.name);
-        within(deadline, self.timeout, what, async {
+        let what = || format!("a token of rate limiter {:?}", self.name);
+        within(self.timeout, what, async {
             while let Some(wait) = self.attempt().await? {
                 tokio::time::sleep(wait).await;
             }
@@ -123,16 +117,14 @@ impl RateLimiter {
 
     /// `None` when a token was taken, else how long until the next one.
     async fn attempt(&self) -> Result<Option<Duration>> {
-        let inner = &self.locks.inner;
-        let row = on_statement_conn!(once inner.sessions, |c| {
-            inner.query(sqlx::AssertSqlSafe(inner.sql.rate_take.as_str()))
-                .bind(&self.name)
-                .bind(self.n as f64)
-                .bind(self.per.as_secs_f64())
-                .fetch_one(c)
-        })
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
+        let db = self.locks.db();
+        let row = db
+            .fetch_one(Repeat::Never, &db.sql.rate_take, |q| {
+                q.bind(&self.name)
+                    .bind(self.n as f64)
+                    .bind(self.per.as_secs_f64())
+            })
+            .await?;
         if row.try_get::<bool, _>("taken")? {
             return Ok(None);
         }

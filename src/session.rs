@@ -59,6 +59,28 @@ pub(crate) const POOLED_BEGIN: &str = "BEGIN; SELECT set_config('lock_timeout', 
      CASE WHEN current_setting('synchronous_commit') = 'off' \
           THEN set_config('synchronous_commit', 'on', true) END";
 
+/// What sits between pglock and the server, decided once by
+/// [`LocksBuilder::transaction_pooler`](crate::LocksBuilder::transaction_pooler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pooler {
+    /// The server itself, or a session-mode pooler: a connection is one
+    /// server session for its whole life.
+    SessionMode,
+    /// A transaction-mode pooler: the server session may change after every
+    /// transaction, so nothing is set at session level, every statement runs
+    /// in a transaction of its own with an unnamed prepared statement, and
+    /// session advisory locks, LISTEN and migrations need
+    /// `session_options`.
+    TransactionMode,
+}
+
+/// Limits of pglock's own connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_sessions: u32,
+    pub(crate) statement_connections: u32,
+}
+
 /// Which server session a connection is: its pid, and the server's start
 /// time (a pid is reused after a restart).
 #[derive(Debug, Clone, Copy)]
@@ -75,13 +97,11 @@ const MAX_IDLE: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct Sessions {
     options: PgConnectOptions,
-    /// Whether `options` lead through a transaction-mode pooler: then no
-    /// session state is set on new connections, every statement runs in a
-    /// transaction of its own ([`POOLED_BEGIN`]) and with an unnamed
-    /// prepared statement.
-    pub(crate) pooled: bool,
+    /// What `options` lead through: behind a transaction-mode pooler no
+    /// session state is set on new connections (see [`Pooler`]).
+    pooler: Pooler,
     idle: Mutex<Vec<(PgConnection, ConnId, Instant)>>,
-    pub(crate) locks: Arc<Semaphore>,
+    locks: Arc<Semaphore>,
     statements: Arc<Semaphore>,
 }
 
@@ -104,47 +124,29 @@ pub(crate) struct Session {
 }
 
 impl Sessions {
-    pub(crate) fn new(
-        options: PgConnectOptions,
-        max_sessions: u32,
-        statements: u32,
-        pooled: bool,
-    ) -> Arc<Self> {
+    pub(crate) fn new(options: PgConnectOptions, limits: Limits, pooler: Pooler) -> Arc<Self> {
         Arc::new(Sessions {
             options,
-            pooled,
+            pooler,
             idle: Mutex::new(Vec::new()),
-            locks: Arc::new(Semaphore::new(max_sessions as usize)),
-            statements: Arc::new(Semaphore::new(statements as usize)),
+            locks: Arc::new(Semaphore::new(limits.max_sessions as usize)),
+            statements: Arc::new(Semaphore::new(limits.statement_connections as usize)),
         })
     }
 
     /// A connection for an advisory lock session.
     pub(crate) async fn lock_session(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
-        let permit = self
-            .locks
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.checkout(permit).await
+        self.checkout(&self.locks).await
     }
 
     /// A connection for one short statement.
     pub(crate) async fn statement(self: &Arc<Self>) -> Result<Session, sqlx::Error> {
-        let permit = self
-            .statements
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.checkout(permit).await
+        self.checkout(&self.statements).await
     }
 
-    async fn checkout(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Session, sqlx::Error> {
+    /// A connection, within the budget `budget`.
+    async fn checkout(self: &Arc<Self>, budget: &Arc<Semaphore>) -> Result<Session, sqlx::Error> {
+        let permit = budget.clone().acquire_owned().await.expect("never closed");
         loop {
             let popped = {
                 let mut idle = self.idle.lock().unwrap();
@@ -208,7 +210,8 @@ impl Sessions {
         // acquire, and the token sequence then hands the same token out
         // again (SESSION_SETUP). Through a transaction pooler no session
         // state is set at all (SESSION_SETUP_POOLED).
-        let setup = if self.pooled {
+        let pooled = self.pooler == Pooler::TransactionMode;
+        let setup = if pooled {
             SESSION_SETUP_POOLED
         } else {
             SESSION_SETUP
@@ -223,76 +226,13 @@ impl Sessions {
         // releases everything it held or was about to be granted. Not
         // through a transaction pooler: it only matters for sessions that
         // wait for advisory locks, which never run there.
-        if !self.pooled && conn.server_version_num().unwrap_or(0) >= 140_000 {
+        if !pooled && conn.server_version_num().unwrap_or(0) >= 140_000 {
             conn.execute("SET client_connection_check_interval = 250")
                 .await?;
         }
         Ok((conn, id))
     }
 }
-
-/// Runs `$body` with `$c: &mut PgConnection` on a statement connection,
-/// evaluating to `Result<T, sqlx::Error>`. A connection left mid-statement
-/// (the caller was cancelled) or broken is closed, never reused.
-///
-/// If a reused connection turns out dead (closed by a server restart or a
-/// terminated backend), the statement runs once more on a new connection:
-/// only use this form for statements that are safe to repeat (idempotent
-/// ones, or ones that recognise their own owner id), since the first run may
-/// have committed before the connection died. `once` never repeats.
-macro_rules! on_statement_conn {
-    (once $sessions:expr, |$c:ident| $body:expr) => {
-        async {
-            let mut session = $sessions.statement().await?;
-            let out = $crate::session::run_wrapped!(session, |$c| $body);
-            session.keep_if_sound(out)
-        }
-    };
-    ($sessions:expr, |$c:ident| $body:expr) => {
-        async {
-            let sessions = &$sessions;
-            let mut session = sessions.statement().await?;
-            match $crate::session::run_wrapped!(session, |$c| $body) {
-                Err(e) if session.reused && $crate::session::is_dead(&e) => {
-                    let mut fresh = sessions.reconnect(session).await?;
-                    let out = $crate::session::run_wrapped!(fresh, |$c| $body);
-                    fresh.keep_if_sound(out)
-                }
-                out => session.keep_if_sound(out),
-            }
-        }
-    };
-}
-pub(crate) use on_statement_conn;
-
-/// Runs `$body` with `$c: &mut PgConnection` on `$session`'s connection,
-/// marked in flight meanwhile (dropped then, it is closed); behind a
-/// transaction-mode pooler inside a transaction of its own (see
-/// [`POOLED_BEGIN`]), committed if `$body` succeeded and rolled back if not.
-macro_rules! run_wrapped {
-    ($session:ident, |$c:ident| $body:expr) => {{
-        $session.in_flight = true;
-        let out = async {
-            if $session.pooled() {
-                sqlx::raw_sql($crate::session::POOLED_BEGIN)
-                    .execute($session.conn())
-                    .await?;
-                let out = {
-                    let $c = $session.conn();
-                    $body.await
-                };
-                $crate::session::end_pooled($session.conn(), out).await
-            } else {
-                let $c = $session.conn();
-                $body.await
-            }
-        }
-        .await;
-        $session.in_flight = false;
-        out
-    }};
-}
-pub(crate) use run_wrapped;
 
 /// Ends the transaction [`POOLED_BEGIN`] opened: commits after success (a
 /// failed commit is the result then), rolls back after an error. A
@@ -337,9 +277,9 @@ impl Session {
         self.conn.as_mut().expect("session holds its connection")
     }
 
-    /// Whether the connection leads through a transaction-mode pooler.
-    pub(crate) fn pooled(&self) -> bool {
-        self.home.pooled
+    /// What the connection leads through.
+    pub(crate) fn pooler(&self) -> Pooler {
+        self.home.pooler
     }
 
     pub(crate) fn conn_ref(&self) -> &PgConnection {

@@ -3,121 +3,13 @@
 //! quoted schema replaces `{schema}` once, when a [`Locks`](crate::Locks) is
 //! built (see `Statements`).
 //!
-//! An advisory key travels as `$1`: an `int8` as is, a string as `text`
-//! that the statement hashes with `hashtextextended($1, 0)`, exactly as
-//! `psql` would. The advisory statements come in tables indexed by key kind
-//! (and mode), so each statement binds one kind.
+//! The advisory lock statements, which name no table, are in
+//! [`advisory`]; the pool statements in [`pool`].
 
-/// Session lock statements, by `[text key][shared][timed]`. Column 0 is the
-/// numeric key (a text key is hashed by the server); the unlock sends it
-/// back. The lock waits in the server, no client polling: pglock's sessions
-/// have `lock_timeout = 0`; a timed lock puts its own in force first — the
-/// target list is evaluated left to right, and `set_config(.., true)` lasts
-/// only for this statement's implicit transaction. An integer key travels
-/// as `$1 int8`, a text key as `$1 text`; the timeout is `$2`.
-pub(crate) const ADVISORY_LOCK: [[[&str; 2]; 2]; 2] = [
-    [
-        [
-            "SELECT $1::int8, pg_advisory_lock($1)::text",
-            "SELECT $1::int8, set_config('lock_timeout', $2, true), pg_advisory_lock($1)::text",
-        ],
-        [
-            "SELECT $1::int8, pg_advisory_lock_shared($1)::text",
-            "SELECT $1::int8, set_config('lock_timeout', $2, true), pg_advisory_lock_shared($1)::text",
-        ],
-    ],
-    [
-        [
-            "SELECT hashtextextended($1, 0), pg_advisory_lock(hashtextextended($1, 0))::text",
-            "SELECT hashtextextended($1, 0), set_config('lock_timeout', $2, true), \
-             pg_advisory_lock(hashtextextended($1, 0))::text",
-        ],
-        [
-            "SELECT hashtextextended($1, 0), pg_advisory_lock_shared(hashtextextended($1, 0))::text",
-            "SELECT hashtextextended($1, 0), set_config('lock_timeout', $2, true), \
-             pg_advisory_lock_shared(hashtextextended($1, 0))::text",
-        ],
-    ],
-];
+pub(crate) mod advisory;
+mod pool;
 
-/// One attempt, no wait, by `[text key][shared]`: the numeric key, and
-/// whether the lock was taken.
-pub(crate) const ADVISORY_TRY_LOCK: [[&str; 2]; 2] = [
-    [
-        "SELECT $1::int8, pg_try_advisory_lock($1)",
-        "SELECT $1::int8, pg_try_advisory_lock_shared($1)",
-    ],
-    [
-        "SELECT hashtextextended($1, 0), pg_try_advisory_lock(hashtextextended($1, 0))",
-        "SELECT hashtextextended($1, 0), pg_try_advisory_lock_shared(hashtextextended($1, 0))",
-    ],
-];
-
-/// Release; `false` means this session did not hold the lock.
-pub(crate) const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
-
-/// Shared variant of [`ADVISORY_UNLOCK`].
-pub(crate) const ADVISORY_UNLOCK_SHARED: &str = "SELECT pg_advisory_unlock_shared($1)";
-
-/// Does session `$1` of the server started at `$2` still hold lock `$3`? A
-/// bigint advisory key shows in `pg_locks` as `classid` (high 32 bits),
-/// `objid` (low 32 bits), `objsubid = 1`.
-pub(crate) const ADVISORY_HELD_BY: &str = "SELECT pg_postmaster_start_time() = $2 \
-     AND EXISTS (SELECT 1 FROM pg_locks \
-     WHERE locktype = 'advisory' AND pid = $1 AND granted AND objsubid = 1 \
-       AND ((classid::int8 << 32) | objid::int8) = $3)";
-
-/// Transaction locks, by `[text key][shared][timed]`, keys bound as for
-/// [`ADVISORY_LOCK`]. Untimed, the transaction's own `lock_timeout` applies.
-/// Timed, one statement leaves the caller's `lock_timeout` as it was: the
-/// LATERAL references force the order (read the old value, set ours, wait
-/// for the lock, put the old one back).
-pub(crate) const ADVISORY_XACT_LOCK: [[[&str; 2]; 2]; 2] = [
-    [
-        [
-            "SELECT pg_advisory_xact_lock($1)::text",
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock($1)::text AS l, a.t OFFSET 0) l",
-        ],
-        [
-            "SELECT pg_advisory_xact_lock_shared($1)::text",
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared($1)::text AS l, a.t OFFSET 0) l",
-        ],
-    ],
-    [
-        [
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text",
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l",
-        ],
-        [
-            "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text",
-            "SELECT set_config('lock_timeout', s.old, true) \
-             FROM (SELECT current_setting('lock_timeout') AS old OFFSET 0) s \
-             CROSS JOIN LATERAL (SELECT set_config('lock_timeout', $2 || left(s.old, 0), true) AS t OFFSET 0) a \
-             CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))::text AS l, a.t OFFSET 0) l",
-        ],
-    ],
-];
-
-/// One transaction-lock attempt, no wait, by `[text key][shared]`.
-pub(crate) const ADVISORY_XACT_TRY_LOCK: [[&str; 2]; 2] = [
-    [
-        "SELECT pg_try_advisory_xact_lock($1)",
-        "SELECT pg_try_advisory_xact_lock_shared($1)",
-    ],
-    [
-        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-        "SELECT pg_try_advisory_xact_lock_shared(hashtextextended($1, 0))",
-    ],
-];
+use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_STATUS};
 
 /// The NOTIFY channel of every pglock schema on a database. Payloads are
 /// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
@@ -262,11 +154,13 @@ WITH rel AS (
 )
 SELECT pg_notify('pglock', $4)::text FROM rel";
 
-/// The fence check, through the function other languages call too: raises
-/// PGL01 unless the token holds the lease by the statement clock (PGL02
-/// outside a transaction), and locks the row FOR KEY SHARE until the
-/// caller's transaction ends, so a takeover (which changes the key column
-/// `token`) waits for that transaction.
+/// The fence check, through the function other languages call too
+/// (`$1` pool, `$2` name, `$3` token): raises PGL01 unless the token holds
+/// the lease by the statement clock, and locks the row FOR KEY SHARE until
+/// the caller's transaction ends, so a takeover (which changes the key
+/// column `token`) waits for that transaction. (Outside a transaction the
+/// lock would end with the statement: the client refuses that before
+/// sending it.)
 const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2, $3)::text";
 
 /// Ask the holder to let go: flag the row and wake it. Returns the token of
@@ -297,143 +191,29 @@ WITH rel AS (
 )
 SELECT token, holder, pg_notify('pglock', $3)::text FROM rel";
 
-/// Every lease row, for `pglock ls`: plain leases and held pool items.
-const LEASE_LIST: &str = "\
+/// The columns of a lease row that [`LEASE_GET`] and [`LEASE_LIST`] show.
+macro_rules! lease_row {
+    () => {
+        "\
 SELECT pool, name, coalesce(token, 0) AS token, holder,
        owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
        acquired_at, expires_at, data, release_requested,
        CASE WHEN owner IS NOT NULL
             THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms
   FROM {s}.leases
- WHERE pool = '' OR owner IS NOT NULL
- ORDER BY pool, name";
+"
+    };
+}
 
-/// Add items to a pool, idempotently, in one statement: existing items are
-/// left as they are (done or not); new items join the free order. The pools
-/// row is written once, after the items: its free_floor moves down to the
-/// new items and its version changes, so that a concurrent claim either
-/// waits for this row lock and then fails its compare-and-set on `version`,
-/// or raised the floor before and sees it lowered again here. (A second
-/// UPDATE of the same row in the same statement would be silently skipped.)
-const POOL_ADD: &str = "\
-WITH ins AS (
-    INSERT INTO {s}.leases (pool, name, seq, slot)
-    SELECT $1, u.item, nextval('{s}.free_order'), u.slot
-      FROM (SELECT DISTINCT ON (item) item, slot, ord
-              FROM unnest($2::text[], $4::int4[]) WITH ORDINALITY AS u(item, slot, ord)
-             ORDER BY item, ord) u
-     ORDER BY u.ord
-    ON CONFLICT (pool, name) DO NOTHING
-    RETURNING seq
-), p AS (
-    INSERT INTO {s}.pools AS p (name, kind, free_floor)
-    VALUES ($1, $3, coalesce((SELECT min(seq) FROM ins), 0))
-    ON CONFLICT (name) DO UPDATE
-       SET version = p.version + 1,
-           free_floor = least(p.free_floor, coalesce((SELECT min(seq) FROM ins), p.free_floor))
-    RETURNING name
-)
-SELECT count(*) FROM ins";
+/// One lease row by pool and name, held or not, as [`LEASE_LIST`] shows
+/// it: who holds it and until when, or what became of it.
+const LEASE_GET: &str = concat!(lease_row!(), " WHERE pool = $1 AND name = $2");
 
-/// Claim any item of a pool in one statement, in this order:
-/// 1. `sticky`: a released or expired item last held by this holder label
-///    (a restarted worker resumes its own shard), or one this very owner id
-///    already holds (a retry of a statement whose answer was lost with its
-///    connection: the item is claimed again with a new token);
-/// 2. `free`: the oldest free item, scanning from the pool's free_floor, so
-///    the index entries of items claimed before are never walked;
-/// 3. `expired`: the item whose lease expired first.
-///
-/// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
-/// `$5`, when not NULL, limits semaphore claims to permits below it.
-/// `pool <> ''` repeats the indexes' predicate so that generic plans of the
-/// prepared statement can use them.
-///
-/// `lowest` is the lowest free seq visible (locked ones included, so an
-/// in-flight claim that may roll back is never skipped); `raise` moves the
-/// floor up to it when the claimed item lies far above it (so `lowest` is
-/// only read then), only if no add or release
-/// changed the pool since this statement's snapshot (`version`).
-///
-/// When nothing is claimable, the last branch tells how long until the
-/// first held item expires, whether anything is held at all, and whether a
-/// free item exists that a concurrent claim had locked (nothing free and
-/// nothing held: the pool is drained).
-const POOL_CLAIM: &str = "\
-WITH p AS (
-    SELECT free_floor, version FROM {s}.pools WHERE name = $1
-), sticky AS (
-    SELECT name FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND holder = $3 AND NOT done
-       AND (owner IS NULL OR owner = $2 OR expires_at <= clock_timestamp())
-       AND ($5::int4 IS NULL OR slot < $5)
-     ORDER BY owner = $2 DESC NULLS LAST
-     LIMIT 1 FOR UPDATE SKIP LOCKED
-), free AS (
-    SELECT name, seq FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
-       AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM sticky)
-     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
-), expired AS (
-    SELECT name FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
-       AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM sticky) AND NOT EXISTS (SELECT 1 FROM free)
-     ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
-), pick AS (
-    SELECT name FROM sticky UNION ALL SELECT name FROM free UNION ALL SELECT name FROM expired
-     LIMIT 1
-), claimed AS (
-    UPDATE {s}.leases AS l
-       SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
-           acquired_at = clock_timestamp(),
-           expires_at = clock_timestamp() + $4 * interval '1 millisecond',
-           release_requested = false, updated_at = clock_timestamp()
-      FROM pick
-     WHERE l.pool = $1 AND l.name = pick.name
-    RETURNING l.name, l.token, l.expires_at, l.data
-), lowest AS (
-    SELECT seq FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
-     ORDER BY seq LIMIT 1
-), raise AS (
-    UPDATE {s}.pools
-       SET free_floor = (SELECT seq FROM lowest)
-     WHERE name = $1 AND version = (SELECT version FROM p)
-       AND (SELECT seq FROM free) > free_floor + 32
-       AND (SELECT seq FROM lowest) > free_floor + 32
-)
-SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
-       true AS any_held, false AS free_locked
-  FROM claimed
-UNION ALL
-SELECT false, NULL, NULL, NULL, NULL,
-       (SELECT greatest(0, extract(epoch FROM min(expires_at) - clock_timestamp()) * 1000)::float8
-          FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at > clock_timestamp()
-           AND ($5::int4 IS NULL OR slot < $5)),
-       EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done),
-       (SELECT seq FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
-           AND ($5::int4 IS NULL OR slot < $5)
-         ORDER BY seq LIMIT 1) IS NOT NULL
- WHERE NOT EXISTS (SELECT 1 FROM claimed)";
-
-/// Counts of a pool, in one scan of its rows.
-const POOL_STATUS: &str = "\
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE NOT done AND (owner IS NULL OR expires_at <= clock_timestamp())) AS free,
-       count(*) FILTER (WHERE NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp()) AS held,
-       count(*) FILTER (WHERE done) AS done
-  FROM {s}.leases WHERE pool = $1";
-
-/// Every item of a pool, in free order.
-const POOL_ITEMS: &str = "\
-SELECT name, coalesce(token, 0) AS token, holder, done,
-       NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       expires_at, data
-  FROM {s}.leases WHERE pool = $1 ORDER BY seq, name";
+/// Every lease row, for `pglock ls`: plain leases and held pool items.
+const LEASE_LIST: &str = concat!(
+    lease_row!(),
+    " WHERE pool = '' OR owner IS NOT NULL\n ORDER BY pool, name"
+);
 
 /// Take one token from a bucket of capacity `$2` refilled at `$2` per `$3`
 /// seconds, by the database clock, in one statement. A new bucket starts
@@ -457,7 +237,8 @@ RETURNING r.last_taken AS taken,
           CASE WHEN r.last_taken THEN 0 ELSE (1 - r.tokens) * $3 / $2 END::float8 AS wait_s";
 
 /// The statements on pglock's tables, with the schema filled in once.
-/// Public only for pglock's benchmarks, which time the same SQL sent raw.
+/// Reachable only with the unstable `internals` feature, for pglock's own
+/// tests and benchmarks (which time the same SQL sent raw).
 #[derive(Debug)]
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
@@ -475,6 +256,7 @@ pub struct Statements {
     pub lease_release_requested: String,
     pub lease_force_release: String,
     pub lease_list: String,
+    pub lease_get: String,
     pub pool_add: String,
     pub pool_claim: String,
     pub pool_status: String,
@@ -499,6 +281,7 @@ impl Statements {
             lease_release_requested: s(LEASE_RELEASE_REQUESTED),
             lease_force_release: s(LEASE_FORCE_RELEASE),
             lease_list: s(LEASE_LIST),
+            lease_get: s(LEASE_GET),
             pool_add: s(POOL_ADD),
             pool_claim: s(POOL_CLAIM),
             pool_status: s(POOL_STATUS),
@@ -512,13 +295,14 @@ impl Statements {
 mod tests {
     use super::*;
 
-    /// The README documents every statement for other languages: it must
-    /// show them exactly as pglock sends them.
+    /// PROTOCOL.md documents every statement for other languages, as a
+    /// template over `{schema}`: it must show each exactly as pglock sends
+    /// it, and no other statement between its `sql:begin`/`sql:end` markers.
     #[test]
-    fn readme_documents_every_statement_verbatim() {
-        let readme = include_str!("../README.md");
-        let st = Statements::new("pglock");
-        for (name, sql) in [
+    fn protocol_documents_every_statement_verbatim() {
+        let doc = include_str!("../PROTOCOL.md");
+        let st = Statements::new("{schema}");
+        let statements = [
             ("acquire", &st.lease_acquire),
             ("renew", &st.lease_renew),
             ("set data", &st.lease_set_data),
@@ -537,11 +321,32 @@ mod tests {
             ("pool status", &st.pool_status),
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),
-        ] {
+        ];
+        for (name, sql) in statements {
             assert!(
-                readme.contains(sql.as_str()),
-                "README lacks the {name} statement:\n{sql}"
+                doc.contains(sql.as_str()),
+                "PROTOCOL.md lacks the {name} statement:\n{sql}"
             );
         }
+        let begin = doc.find("<!-- sql:begin -->").expect("sql:begin marker");
+        let end = doc.find("<!-- sql:end -->").expect("sql:end marker");
+        let shown: Vec<&str> = doc[begin..end]
+            .split("```sql\n")
+            .skip(1)
+            .map(|b| {
+                b.split("```")
+                    .next()
+                    .unwrap()
+                    .trim_end()
+                    .trim_end_matches(';')
+            })
+            .collect();
+        for block in &shown {
+            assert!(
+                statements.iter().any(|(_, sql)| sql.as_str() == *block),
+                "PROTOCOL.md shows a statement pglock does not send:\n{block}"
+            );
+        }
+        assert_eq!(shown.len(), statements.len(), "one block per statement");
     }
 }

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::sql::CHANNEL;
@@ -55,7 +56,16 @@ pub(crate) struct Topic {
 }
 
 impl Hub {
-    pub(crate) fn new(schema: String, listen_pool: Option<PgPool>) -> Hub {
+    /// A hub that listens with `listen_options`, or never (`None`).
+    pub(crate) fn new(schema: String, listen_options: Option<PgConnectOptions>) -> Hub {
+        // PgListener needs a sqlx pool: a private one, for that connection only.
+        let listen_pool = listen_options.map(|o| {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_lazy_with(o)
+        });
         let (tx, rx) = watch::channel(());
         Hub {
             state: Arc::new(HubState {
@@ -202,20 +212,6 @@ pub(crate) fn payload(schema: &str, topic: &str) -> String {
     format!("{schema}:{topic}")
 }
 
-/// The topic of one lease: its name, or for a pool item `\x1f<pool>\x1f<item>`.
-pub(crate) fn lease_topic(pool: &str, name: &str) -> String {
-    if pool.is_empty() {
-        name.to_owned()
-    } else {
-        format!("\u{1f}{pool}\u{1f}{name}")
-    }
-}
-
-/// The topic of a pool's claimers: `\x1f<pool>`.
-pub(crate) fn pool_topic(pool: &str) -> String {
-    format!("\u{1f}{pool}")
-}
-
 /// Longest a waiter sleeps between looks: a safety net for a wake-up lost
 /// with a silently dead LISTEN connection (or a pooler that drops NOTIFY).
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
@@ -224,20 +220,53 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 pub(crate) enum Look<T> {
     /// Got it.
     Done(T),
-    /// Not now: look again after this long, or when woken.
+    /// Not now: look again after this long (at most [`MAX_WAIT`]), or when
+    /// woken.
     Again(Duration),
+    /// Not now: look again when woken (or after [`MAX_WAIT`] when there is
+    /// no LISTEN to wake us).
+    WhenWoken,
 }
 
-/// Looks with `attempt` until it is done, sleeping between looks until
-/// `topic` is notified or the time the last look asked for (at most
-/// [`MAX_WAIT`], plus jitter) has passed. Subscribes only after a first
-/// look failed, and looks once more right after subscribing, so a wake-up
-/// sent between the two is never missed and an uncontended wait starts no
-/// LISTEN connection.
-pub(crate) async fn until_done<T, F, Fut>(hub: &Hub, topic: &str, mut attempt: F) -> Result<T>
+/// The acquire skeleton every waiting primitive shares: looks with `look`
+/// until it is done ([`until_done`]), giving up with [`Error::Timeout`]
+/// after `timeout`. The caller has validated its input before.
+pub(crate) async fn acquire<T, F, Fut>(
+    hub: &Hub,
+    topic: &str,
+    timeout: Option<Duration>,
+    what: impl FnOnce() -> String,
+    look: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Look<T>>>,
+{
+    within(
+        timeout,
+        what,
+        until_done(hub, topic, look, std::future::pending),
+    )
+    .await
+}
+
+/// Looks with `attempt` until it is done, sleeping between looks until
+/// `topic` is notified, `local()` resolves, or the time the last look asked
+/// for (at most [`MAX_WAIT`], plus jitter) has passed. Subscribes only after
+/// a first look failed, and looks once more right after subscribing, so a
+/// wake-up sent between the two is never missed and an uncontended wait
+/// starts no LISTEN connection.
+pub(crate) async fn until_done<T, F, Fut, L, LFut>(
+    hub: &Hub,
+    topic: &str,
+    mut attempt: F,
+    mut local: L,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Look<T>>>,
+    L: FnMut() -> LFut,
+    LFut: std::future::Future<Output = ()>,
 {
     if let Look::Done(v) = attempt().await? {
         return Ok(v);
@@ -247,15 +276,53 @@ where
         let notified = topic.notify.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
-        let retry_in = match attempt().await? {
+        let local = local();
+        let sleep = match attempt().await? {
             Look::Done(v) => return Ok(v),
-            Look::Again(d) => d,
+            Look::Again(d) => Some(d.min(MAX_WAIT) + jitter()),
+            Look::WhenWoken if hub.listens() => None,
+            Look::WhenWoken => Some(MAX_WAIT + jitter()),
+        };
+        let sleep = async {
+            match sleep {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep(retry_in.min(MAX_WAIT) + jitter()) => {}
+            _ = local => {}
+            _ = sleep => {}
         }
     }
+}
+
+/// Awaits `fut`, turning an elapsed `timeout` into [`Error::Timeout`] on
+/// `what()`.
+pub(crate) async fn within<T>(
+    timeout: Option<Duration>,
+    what: impl FnOnce() -> String,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match timeout {
+        None => fut.await,
+        Some(t) => tokio::time::timeout_at(Instant::now() + t, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: what(),
+                    waited: t,
+                })
+            }),
+    }
+}
+
+/// Checks a wait's timeout.
+pub(crate) fn validate_timeout(t: Duration) -> Result<()> {
+    if t.is_zero() {
+        return Err(Error::invalid("timeout", "must be above zero"));
+    }
+    Ok(())
 }
 
 /// 0–25 ms, so waiters woken at one expiry do not all arrive at once.

@@ -79,7 +79,8 @@ async fn a_cancelled_claim_leaves_nothing_held() {
 async fn a_cancelled_semaphore_acquire_and_rate_limiter_leave_nothing_held() {
     let t = db().await;
     for i in 0..12 {
-        let acquire = t.locks.semaphore("cancel-sem", 2).acquire();
+        let sem = t.locks.semaphore("cancel-sem", 2);
+        let acquire = sem.acquire();
         if let Some(p) = poll_then_drop(acquire, i).await {
             p.unwrap().release().await.unwrap();
         }

@@ -307,16 +307,51 @@ async fn pool_items_are_leases_with_fencing() {
     );
     assert_eq!(pool.force_release("a").await.unwrap(), Some(l2.token()));
     assert!(matches!(l2.renew().await, Err(Error::LeaseLost { .. })));
-    // Plain leases cannot be completed.
-    let plain = t
-        .locks
-        .lease(format!("plain-{name}"))
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
-    let err = plain.complete().await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    // Plain leases and permits cannot be completed: that no longer
+    // compiles (see the compile_fail examples on `Lease` and `Permit`).
+}
+
+/// A permit can only be released: whatever its holder does with it —
+/// release, drop, orphan and expiry, keep-alive, force-release — the
+/// semaphore keeps all its permits. (A `complete()` on a permit used to
+/// mark it done for good, and the semaphore shrank forever.)
+#[tokio::test]
+async fn a_semaphore_keeps_every_permit_whatever_its_holders_do() {
+    let t = db().await;
+    let name = pool_name();
+    let sem = t.locks.semaphore(&name, 3).ttl(Duration::from_secs(60));
+    // The permit that is orphaned expires soon.
+    let short = sem.clone().ttl(Duration::from_millis(300));
+    let status = || async { t.locks.lease_pool(&name).status().await.unwrap() };
+    for round in 0..3 {
+        let a = sem.acquire().await.unwrap();
+        let b = sem.acquire().await.unwrap().keep_alive();
+        let c = short.acquire().await.unwrap();
+        assert!(
+            sem.try_acquire().await.unwrap().is_none(),
+            "round {round}: a 4th permit"
+        );
+        a.release().await.unwrap();
+        drop(b);
+        c.orphan();
+        // The orphaned permit comes back when it expires.
+        let all: Vec<_> = futures::future::try_join_all((0..3).map(|_| sem.acquire()))
+            .await
+            .unwrap();
+        let s = status().await;
+        assert_eq!((s.total, s.held, s.done), (3, 3, 0), "round {round}: {s:?}");
+        let forced = all[0].name().to_owned();
+        t.locks
+            .lease_pool(&name)
+            .force_release(&forced)
+            .await
+            .unwrap();
+        for p in all {
+            let _ = p.release().await;
+        }
+        let s = status().await;
+        assert_eq!((s.total, s.free, s.done), (3, 3, 0), "round {round}: {s:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `pglock`: run any command under a PostgreSQL lock, lease or pool item,
-//! and see or repair who holds what. Unix only. It only calls the library
-//! (plus a few read-only queries to name holders).
+//! and see or repair who holds what. Unix only. It only calls the library:
+//! what it shows about holders comes from `Locks::lease_info`,
+//! `Locks::advisory_holders` and `Locks::advisory_locks`.
 //!
 //! # Commands
 //!
@@ -75,6 +76,9 @@
 //! waited); it is silent when stderr is not a terminal. Errors are one
 //! sentence on stderr, with the fix.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
 // The crate root is src/bin/pglock.rs: its modules live in src/bin/pglock/.
 #[path = "pglock/admin.rs"]
 mod admin;
@@ -86,10 +90,10 @@ mod cli;
 mod duration;
 #[path = "pglock/exec.rs"]
 mod exec;
+#[path = "pglock/held.rs"]
+mod held;
 #[path = "pglock/report.rs"]
 mod report;
-#[path = "pglock/sql.rs"]
-mod sql;
 #[path = "pglock/waiting.rs"]
 mod waiting;
 
@@ -113,17 +117,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) locks: Locks,
-    /// For the read-only queries that name holders; pglock's own
-    /// connections live beside it, in `locks`.
+    /// The pool `locks` was built on (pglock's own connections live beside
+    /// it), closed at exit.
     pub(crate) pool: PgPool,
     pub(crate) ui: Ui,
-}
-
-impl Ctx {
-    /// One of [`sql`]'s statements with this schema filled in.
-    pub(crate) fn sql(&self, template: &str) -> String {
-        sql::with_schema(template, self.locks.schema())
-    }
 }
 
 fn main() -> ExitCode {

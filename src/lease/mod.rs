@@ -36,34 +36,27 @@
 //! spawned task; [`orphan`](Lease::orphan) instead leaves it to expire.
 
 mod handle;
-mod pending;
+pub(crate) mod keepalive;
+mod owned;
+pub(crate) mod state;
 
-pub(crate) use handle::Shared;
-pub use handle::{Lease, LeaseRef};
-pub(crate) use pending::Pending;
+pub use handle::LeaseRef;
+pub use owned::{Lease, Permit, PoolLease};
 
 use std::future::Future;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Row;
+use sqlx::postgres::PgRow;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::Locks;
 use crate::error::{Error, Result};
-use crate::key::validate_name;
-use crate::session::on_statement_conn;
-use crate::wait::{Look, MAX_WAIT, until_done};
-
-/// Default lease TTL.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-/// Shortest accepted TTL.
-pub const MIN_TTL: Duration = Duration::from_millis(100);
-/// Longest accepted TTL (30 days).
-pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Largest accepted JSON payload, serialized.
-pub const MAX_DATA_BYTES: usize = 64 * 1024;
+use crate::key::{validate_data, validate_name};
+use crate::locks::Locks;
+use crate::wait::{self, Look, MAX_WAIT, payload, validate_timeout};
+use state::{Identity, Scope, Shared};
 
 /// A request for a lease; see [`Locks::lease`].
 #[derive(Debug, Clone)]
@@ -71,10 +64,102 @@ pub const MAX_DATA_BYTES: usize = 64 * 1024;
 pub struct LeaseRequest {
     locks: Locks,
     name: String,
-    ttl: Duration,
-    timeout: Option<Duration>,
-    holder: Option<String>,
+    terms: Terms,
     data: Option<Value>,
+}
+
+/// What every acquire of a lease, pool item or permit is asked with: its
+/// TTL, how long to wait, and the holder label.
+#[derive(Debug, Clone)]
+pub(crate) struct Terms {
+    pub(crate) ttl: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) holder: Option<String>,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms {
+            ttl: LeaseRequest::DEFAULT_TTL,
+            timeout: None,
+            holder: None,
+        }
+    }
+}
+
+impl Terms {
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_ttl(self.ttl)?;
+        if let Some(t) = self.timeout {
+            validate_timeout(t)?;
+        }
+        if let Some(h) = &self.holder {
+            validate_name("holder", h)?;
+        }
+        Ok(())
+    }
+
+    /// The holder label: this request's, or the `Locks`' default.
+    pub(crate) fn holder(&self, locks: &Locks) -> String {
+        self.holder
+            .clone()
+            .unwrap_or_else(|| locks.holder().to_owned())
+    }
+
+    pub(crate) fn ttl_ms(&self) -> i64 {
+        self.ttl.as_millis() as i64
+    }
+}
+
+/// The `ttl`, `timeout` and `holder` setters of a request type with a
+/// `terms: Terms` field.
+macro_rules! terms_setters {
+    () => {
+        /// How long the lease lasts without renewal (default 30 s; 100 ms
+        /// to 30 days).
+        pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
+            self.terms.ttl = ttl;
+            self
+        }
+
+        /// Give up waiting with [`Error::Timeout`](crate::Error::Timeout)
+        /// after `timeout`.
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.terms.timeout = Some(timeout);
+            self
+        }
+
+        /// The holder label (default: the `Locks`' holder). Sticky resume
+        /// of pool items matches on it.
+        pub fn holder(mut self, holder: impl Into<String>) -> Self {
+            self.terms.holder = Some(holder.into());
+            self
+        }
+    };
+}
+pub(crate) use terms_setters;
+
+impl Shared {
+    /// The lease an acquire or claim sent at `sent` took, as its `row` says.
+    pub(crate) fn taken(
+        row: &PgRow,
+        scope: Scope,
+        name: String,
+        owner: Uuid,
+        holder: String,
+        terms: &Terms,
+        sent: Instant,
+    ) -> Result<Shared> {
+        let id = Identity {
+            scope,
+            name,
+            token: row.try_get("token")?,
+            owner,
+        };
+        tracing::debug!(pool = id.scope.pool(), name = %id.name, token = id.token, "lease taken");
+        let (expires_at, data) = (row.try_get("expires_at")?, row.try_get("data")?);
+        Ok(Shared::new(id, holder, terms.ttl, sent, expires_at, data))
+    }
 }
 
 impl Locks {
@@ -95,33 +180,23 @@ impl Locks {
         LeaseRequest {
             locks: self.clone(),
             name: name.into(),
-            ttl: DEFAULT_TTL,
-            timeout: None,
-            holder: None,
+            terms: Terms::default(),
             data: None,
         }
     }
 }
 
 impl LeaseRequest {
-    /// How long the lease lasts without renewal (default 30 s; 100 ms to 30
-    /// days).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
+    /// Default lease TTL.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+    /// Shortest accepted TTL.
+    pub const MIN_TTL: Duration = Duration::from_millis(100);
+    /// Longest accepted TTL (30 days).
+    pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// Largest accepted JSON payload, serialized.
+    pub const MAX_DATA_BYTES: usize = crate::key::MAX_DATA_BYTES;
 
-    /// Give up waiting with [`Error::Timeout`] after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// The holder label for this lease (default: the `Locks`' holder).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.holder = Some(holder.into());
-        self
-    }
+    terms_setters!();
 
     /// A JSON payload stored with the lease, visible to everyone (at most
     /// 64 KiB). Without it, the payload the previous holder left is kept.
@@ -132,13 +207,7 @@ impl LeaseRequest {
 
     fn validate(&self) -> Result<()> {
         validate_name("lease name", &self.name)?;
-        validate_ttl(self.ttl)?;
-        if let Some(t) = self.timeout {
-            validate_timeout(t)?;
-        }
-        if let Some(h) = &self.holder {
-            validate_name("holder", h)?;
-        }
+        self.terms.validate()?;
         if let Some(d) = &self.data {
             validate_data(d)?;
         }
@@ -150,9 +219,10 @@ impl LeaseRequest {
     ///
     /// # Cancel safety
     ///
-    /// The acquire is one statement. If the future is dropped after the
-    /// statement was sent, the lease may have been taken and is then left
-    /// to expire after its TTL (nobody holds its owner id).
+    /// Cancel safe: dropped at any point, nothing stays held. Once sent,
+    /// the acquire statement runs to its end in a task of its own, which
+    /// gives the lease back (after the statement, on another connection) if
+    /// its caller is gone by then.
     ///
     /// # Errors
     ///
@@ -162,7 +232,7 @@ impl LeaseRequest {
         self.validate()?;
         match self.attempt().await? {
             Look::Done(lease) => Ok(Some(lease)),
-            Look::Again(_) => Ok(None),
+            Look::Again(_) | Look::WhenWoken => Ok(None),
         }
     }
 
@@ -171,9 +241,8 @@ impl LeaseRequest {
     ///
     /// # Cancel safety
     ///
-    /// As [`try_acquire`](Self::try_acquire): dropped while waiting, nothing
-    /// is held; dropped while the statement runs, a lease taken is left to
-    /// expire.
+    /// As [`try_acquire`](Self::try_acquire): dropped while waiting or
+    /// while the statement runs, nothing stays held.
     ///
     /// # Errors
     ///
@@ -181,47 +250,39 @@ impl LeaseRequest {
     /// otherwise as [`try_acquire`](Self::try_acquire).
     pub async fn acquire(self) -> Result<Lease> {
         self.validate()?;
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let what = format!("lease {:?}", self.name);
-        let wait = until_done(&self.locks.inner.hub, &self.name, || self.attempt());
-        within(deadline, self.timeout, what, wait).await
+        let what = || format!("lease {:?}", self.name);
+        let hub = &self.locks.db().hub;
+        wait::acquire(hub, &self.name, self.terms.timeout, what, || self.attempt()).await
     }
 
     /// One look: the lease, or how long until the holder's expiry.
     async fn attempt(&self) -> Result<Look<Lease>> {
-        let inner = &self.locks.inner;
+        let db = self.locks.db();
         let owner = Uuid::new_v4();
-        let holder = self.holder.as_deref().unwrap_or(&inner.holder);
-        let pending = Pending::lease(&self.locks, &self.name, owner);
+        let holder = self.terms.holder(&self.locks);
+        let (name, h, ttl_ms, data) = (
+            self.name.clone(),
+            holder.clone(),
+            self.terms.ttl_ms(),
+            self.data.clone(),
+        );
+        let (n, wake) = (self.name.clone(), payload(&db.schema, &self.name));
         let sent = Instant::now();
-        let row = on_statement_conn!(inner.sessions, |c| inner
-            .query(sqlx::AssertSqlSafe(inner.sql.lease_acquire.as_str()))
-            .bind(&self.name)
-            .bind(owner)
-            .bind(holder)
-            .bind(self.ttl.as_millis() as i64)
-            .bind(&self.data)
-            .fetch_optional(c))
-        .await
-        .map_err(|e| Error::from_db(e, &inner.schema))?;
-        pending.disarm();
+        let row = db
+            .take(
+                |s| &s.lease_acquire,
+                move |q| q.bind(&name).bind(owner).bind(&h).bind(ttl_ms).bind(&data),
+                |s| &s.lease_abandon,
+                move |q| q.bind(&n).bind(owner).bind(&wake),
+            )
+            .await?;
         let Some(row) = row else {
             // Lost an insert race with another first-time taker: look again.
             return Ok(Look::Again(Duration::ZERO));
         };
         if row.try_get::<bool, _>("acquired")? {
-            let shared = Shared::new(
-                String::new(),
-                self.name.clone(),
-                row.try_get("token")?,
-                owner,
-                holder.to_owned(),
-                self.ttl,
-                sent,
-                row.try_get("expires_at")?,
-                row.try_get("data")?,
-            );
-            tracing::debug!(name = %self.name, token = shared.token, "lease acquired");
+            let name = self.name.clone();
+            let shared = Shared::taken(&row, Scope::Lease, name, owner, holder, &self.terms, sent)?;
             Ok(Look::Done(Lease::new(self.locks.clone(), shared)))
         } else {
             let ms: Option<f64> = row.try_get("wait_ms")?;
@@ -273,56 +334,14 @@ impl LeaseRequest {
 /// Shortest pause before a waiter looks again at a lease it could not take.
 const MIN_RETRY: Duration = Duration::from_millis(10);
 
-/// Awaits `fut`, turning an elapsed `deadline` into [`Error::Timeout`].
-pub(crate) async fn within<T>(
-    deadline: Option<Instant>,
-    timeout: Option<Duration>,
-    what: String,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    match deadline {
-        None => fut.await,
-        Some(d) => tokio::time::timeout_at(d, fut).await.unwrap_or_else(|_| {
-            Err(Error::Timeout {
-                what,
-                waited: timeout.unwrap_or_default(),
-            })
-        }),
-    }
-}
-
-/// The holder's share of a TTL: 90%, counted from before the request was
-/// sent. Its deadline therefore passes at least a tenth of the TTL before the
-/// server's expiry, even with the client's clock running fast.
-pub(crate) fn local_ttl(ttl: Duration) -> Duration {
-    ttl - ttl / 10
-}
-
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
-    if ttl < MIN_TTL || ttl > MAX_TTL {
+    if ttl < LeaseRequest::MIN_TTL || ttl > LeaseRequest::MAX_TTL {
         return Err(Error::invalid(
             "ttl",
-            format!("must be between {MIN_TTL:?} and 30 days, got {ttl:?}"),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_timeout(t: Duration) -> Result<()> {
-    if t.is_zero() {
-        return Err(Error::invalid("timeout", "must be above zero"));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_data(data: &Value) -> Result<()> {
-    let len = serde_json::to_vec(data)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if len > MAX_DATA_BYTES {
-        return Err(Error::invalid(
-            "data",
-            format!("JSON must be at most {MAX_DATA_BYTES} bytes, got {len}"),
+            format!(
+                "must be between {:?} and 30 days, got {ttl:?}",
+                LeaseRequest::MIN_TTL
+            ),
         ));
     }
     Ok(())

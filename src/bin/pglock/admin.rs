@@ -5,15 +5,13 @@ use std::io::Read;
 use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use pglock::LeaseInfo;
+use pglock::{AdvisoryLockInfo, LeaseInfo};
 use serde_json::{Value, json};
-use sqlx::Row;
 
 use crate::Ctx;
 use crate::cli::TargetArgs;
 use crate::duration::human_signed;
 use crate::report::{EXIT_FAILURE, Failure, print, table, truncate};
-use crate::sql;
 
 /// Items per `add` statement: a million-line file goes in bounded
 /// statements.
@@ -148,38 +146,9 @@ fn item_state(i: &pglock::PoolItem) -> &'static str {
     }
 }
 
-/// One advisory lock from `pg_locks`.
-struct AdvisoryLock {
-    pid: i32,
-    application_name: String,
-    shared: bool,
-    key: Option<i64>,
-    key_pair: (i64, i64),
-    since: Option<DateTime<Utc>>,
-    held_for_ms: Option<i64>,
-}
-
-async fn advisory_locks(ctx: &Ctx) -> Result<Vec<AdvisoryLock>, Failure> {
-    let rows = sqlx::query(sql::ADVISORY_HELD).fetch_all(&ctx.pool).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AdvisoryLock {
-                pid: r.try_get("pid")?,
-                application_name: r.try_get("application_name")?,
-                shared: r.try_get("shared")?,
-                key: r.try_get("key")?,
-                key_pair: (r.try_get("key_high")?, r.try_get("key_low")?),
-                since: r.try_get("since")?,
-                held_for_ms: r.try_get("held_for_ms")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Failure::from)
-}
-
 pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
     let leases = ctx.locks.leases().await?;
-    let advisory = advisory_locks(ctx).await?;
+    let advisory = ctx.locks.advisory_locks().await?;
     if as_json {
         let doc = json!({
             "schema": ctx.locks.schema(),
@@ -237,7 +206,8 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
                     } else {
                         a.application_name.clone()
                     },
-                    a.held_for_ms.map_or_else(|| "-".into(), human_signed),
+                    a.held_for
+                        .map_or_else(|| "-".into(), |d| human_signed(d.num_milliseconds())),
                 ]
             })
             .collect();
@@ -264,7 +234,7 @@ fn lease_json(l: &LeaseInfo) -> Value {
     })
 }
 
-fn advisory_json(a: &AdvisoryLock) -> Value {
+fn advisory_json(a: &AdvisoryLockInfo) -> Value {
     json!({
         "key": a.key,
         "key_pair": if a.key.is_none() { json!([a.key_pair.0, a.key_pair.1]) } else { Value::Null },
@@ -292,7 +262,7 @@ fn expires_text(l: &LeaseInfo) -> String {
         .map_or_else(|| "-".to_owned(), |d| human_signed(d.num_milliseconds()))
 }
 
-fn key_text(a: &AdvisoryLock) -> String {
+fn key_text(a: &AdvisoryLockInfo) -> String {
     match a.key {
         Some(k) => k.to_string(),
         None => format!("({}, {})", a.key_pair.0, a.key_pair.1),

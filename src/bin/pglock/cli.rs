@@ -44,7 +44,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         env = "PGLOCK_SCHEMA",
-        default_value = pglock::DEFAULT_SCHEMA,
+        default_value = pglock::Locks::DEFAULT_SCHEMA,
         global = true,
         help_heading = GLOBAL
     )]

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use chrono::SecondsFormat;
-use pglock::{Error, Lease};
+use pglock::{Error, LeaseRef};
+
+use crate::held::Held;
 
 use crate::Ctx;
 use crate::child::{self, Finished, Signals, Watch};
@@ -59,7 +61,7 @@ async fn exec_lease(
             Waited::Interrupted(sig) => return Err(interrupted(&target, sig)),
         }
     };
-    let lease = lease.keep_alive();
+    let lease = Held::from(lease.keep_alive());
     ctx.ui.detail(format_args!(
         "acquired {target} (token {}, ttl {})",
         lease.token(),
@@ -186,7 +188,7 @@ async fn exec_pool(
             }
             Err(e) => return Err(not_obtained_or(ctx, &target, args, e).await),
         };
-        let lease = lease.keep_alive();
+        let lease = Held::from(lease.keep_alive());
         let item = lease.name().to_owned();
         ctx.ui.detail(format_args!(
             "claimed item {item:?} of pool {pool:?} (token {})",
@@ -218,7 +220,7 @@ async fn exec_pool(
 }
 
 /// The environment of a command holding a lease (or pool item).
-fn lease_env(ctx: &Ctx, lease: &Lease) -> Vec<(&'static str, String)> {
+fn lease_env(ctx: &Ctx, lease: &LeaseRef) -> Vec<(&'static str, String)> {
     vec![
         ("PGLOCK_NAME", lease.name().to_owned()),
         ("PGLOCK_TOKEN", lease.token().to_string()),
@@ -236,7 +238,7 @@ fn lease_env(ctx: &Ctx, lease: &Lease) -> Vec<(&'static str, String)> {
 /// is lost and asking it to stop when a release is requested.
 async fn supervise_lease(
     ctx: &Ctx,
-    lease: &Lease,
+    lease: &LeaseRef,
     argv: &[String],
     env: &[(&str, String)],
     grace: Duration,
@@ -254,7 +256,7 @@ async fn supervise_lease(
 /// command exited 0, releases it otherwise. A lost lease becomes exit 70.
 async fn end_lease(
     ctx: &Ctx,
-    lease: Lease,
+    lease: Held,
     finished: Result<Finished, Failure>,
     grace: Duration,
 ) -> Result<Finished, Failure> {

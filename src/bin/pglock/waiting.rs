@@ -6,14 +6,12 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::Row;
 use tokio::time::Instant;
 
 use crate::Ctx;
 use crate::child::{Sig, Signals};
 use crate::duration::{human, human_signed};
 use crate::report::Failure;
-use crate::sql;
 
 /// No status line for a lock obtained within this long.
 const QUIET_START: Duration = Duration::from_millis(300);
@@ -46,7 +44,7 @@ impl Target {
     /// expires in 12s)`); `None` if nobody does now.
     pub(crate) async fn holder(&self, ctx: &Ctx) -> Result<Option<String>, Failure> {
         match self {
-            Target::Lease(name) => lease_holder(ctx, "", name).await,
+            Target::Lease(name) => Ok(ctx.locks.lease_holder(name).await?.map(|l| held_by(&l))),
             Target::Advisory { key, .. } => advisory_holders(ctx, key).await,
             Target::Pool(pool) => {
                 let s = ctx.locks.lease_pool(pool.as_str()).status().await?;
@@ -73,43 +71,32 @@ impl Target {
     }
 }
 
-async fn lease_holder(ctx: &Ctx, pool: &str, name: &str) -> Result<Option<String>, Failure> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(ctx.sql(sql::LEASE_HOLDER)))
-        .bind(pool)
-        .bind(name)
-        .fetch_optional(&ctx.pool)
-        .await
-        .map_err(|e| Failure::from_lib(pglock_error(e, ctx)))?;
-    let Some(row) = row else { return Ok(None) };
-    let holder: Option<String> = row.try_get("holder")?;
-    let token: i64 = row.try_get("token")?;
-    let ms: i64 = row.try_get("expires_in_ms")?;
-    Ok(Some(format!(
-        "held by {:?} (token {token}, expires in {})",
-        holder.unwrap_or_default(),
+/// `held by "gpu-07:812" (token 17, expires in 12s)`.
+fn held_by(l: &pglock::LeaseInfo) -> String {
+    let ms = l.expires_in.map_or(0, |d| d.num_milliseconds());
+    format!(
+        "held by {:?} (token {}, expires in {})",
+        l.holder.clone().unwrap_or_default(),
+        l.token,
         human_signed(ms)
-    )))
+    )
 }
 
 async fn advisory_holders(ctx: &Ctx, key: &str) -> Result<Option<String>, Failure> {
-    let rows = sqlx::query(sql::ADVISORY_HOLDERS)
-        .bind(key)
-        .fetch_all(&ctx.pool)
-        .await?;
-    let mut who = Vec::new();
-    for row in &rows {
-        let pid: i32 = row.try_get("pid")?;
-        let app: String = row.try_get("application_name")?;
-        let held_for: Option<i64> = row.try_get("held_for_ms")?;
-        let mut s = format!("pid {pid}");
-        if !app.is_empty() {
-            s.push_str(&format!(" ({app:?})"));
-        }
-        if let Some(ms) = held_for {
-            s.push_str(&format!(", for {}", human_signed(ms)));
-        }
-        who.push(s);
-    }
+    let holders = ctx.locks.advisory_holders(key).await?;
+    let who: Vec<String> = holders
+        .iter()
+        .map(|h| {
+            let mut s = format!("pid {}", h.pid);
+            if !h.application_name.is_empty() {
+                s.push_str(&format!(" ({:?})", h.application_name));
+            }
+            if let Some(d) = h.held_for {
+                s.push_str(&format!(", for {}", human_signed(d.num_milliseconds())));
+            }
+            s
+        })
+        .collect();
     Ok(match who.len() {
         0 => None,
         1 => Some(format!("held by {}", who[0])),
@@ -118,22 +105,6 @@ async fn advisory_holders(ctx: &Ctx, key: &str) -> Result<Option<String>, Failur
             who.join("; ")
         )),
     })
-}
-
-/// A driver error on pglock's tables, as the library would report it: a
-/// missing schema becomes [`pglock::Error::NotMigrated`].
-pub(crate) fn pglock_error(e: sqlx::Error, ctx: &Ctx) -> pglock::Error {
-    let missing = e
-        .as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "42P01" || c == "3F000");
-    if missing {
-        pglock::Error::NotMigrated {
-            schema: ctx.locks.schema().to_owned(),
-        }
-    } else {
-        pglock::Error::Database(e)
-    }
 }
 
 /// The end of a wait.
@@ -197,28 +168,32 @@ async fn show_status(ctx: &Ctx, target: &Target, started: Instant) -> std::conve
 
 /// What became of a lease after it was lost, in a few words.
 pub(crate) async fn lease_loss(ctx: &Ctx, pool: &str, name: &str, token: i64) -> String {
-    let row = sqlx::query(sqlx::AssertSqlSafe(ctx.sql(sql::LEASE_NOW)))
-        .bind(pool)
-        .bind(name)
-        .fetch_optional(&ctx.pool);
-    let row = match tokio::time::timeout(LOOKUP_TIMEOUT, row).await {
-        Ok(Ok(Some(row))) => row,
+    let info = async {
+        if pool.is_empty() {
+            ctx.locks.lease_info(name).await
+        } else {
+            ctx.locks.lease_pool(pool).item_info(name).await
+        }
+    };
+    let info = match tokio::time::timeout(LOOKUP_TIMEOUT, info).await {
+        Ok(Ok(Some(info))) => info,
         Ok(Ok(None)) => return "its row was deleted".to_owned(),
         Ok(Err(_)) | Err(_) => {
             return "it could not be renewed: the database did not answer in time".to_owned();
         }
     };
-    let now_token: i64 = row.try_get("token").unwrap_or_default();
-    let holder: Option<String> = row.try_get("holder").unwrap_or_default();
-    let released: bool = row.try_get("released").unwrap_or_default();
-    let held: bool = row.try_get("held").unwrap_or_default();
-    if now_token > token {
-        let state = if held { "now held" } else { "then released" };
+    if info.token > token {
+        let state = if info.held {
+            "now held"
+        } else {
+            "then released"
+        };
         format!(
-            "it was taken over by {:?} (token {now_token}, {state})",
-            holder.unwrap_or_default()
+            "it was taken over by {:?} (token {}, {state})",
+            info.holder.unwrap_or_default(),
+            info.token
         )
-    } else if released {
+    } else if info.expires_at.is_none() {
         "it was released by someone else (pglock release --force?)".to_owned()
     } else {
         "it expired before it could be renewed".to_owned()

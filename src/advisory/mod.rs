@@ -44,26 +44,22 @@
 //! use [`Advisory::lock_xact`], which holds the lock until the end of your
 //! transaction and works through any pooler.
 
-use std::fmt;
-use std::ops::{Deref, DerefMut};
+mod guard;
+mod holders;
+
+pub use guard::AdvisoryGuard;
+pub use holders::AdvisoryLockInfo;
+
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
 
 use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
 use crate::key::AdvisoryKey;
-use crate::session::{Session, on_statement_conn};
-use crate::{Locks, sql};
-
-/// How often [`AdvisoryGuard::lost`] checks that the session still holds the
-/// lock.
-const LOST_POLL: Duration = Duration::from_millis(500);
-
-/// Longest wait for an unlock's answer (a query the caller left running on
-/// the session delays it); then the session is closed instead.
-const UNLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::locks::Locks;
+use crate::session::Session;
+use crate::sql::advisory::{self as sql, Mode, Wait};
 
 /// Longest accepted timeout: PostgreSQL's `lock_timeout` is an `int` of
 /// milliseconds.
@@ -79,16 +75,30 @@ pub struct Advisory {
     timeout: Option<Duration>,
 }
 
-impl Advisory {
-    pub(crate) fn new(locks: Locks, key: AdvisoryKey) -> Self {
+impl Locks {
+    /// A session advisory lock on `key`: a string (hashed by the server with
+    /// `hashtextextended(key, 0)`) or a raw `i64`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(locks: pglock::Locks) -> Result<(), pglock::Error> {
+    /// let guard = locks.advisory("ckpt/run-42").lock().await?;
+    /// // … write the checkpoint …
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn advisory(&self, key: impl Into<AdvisoryKey>) -> Advisory {
         Advisory {
-            locks,
-            key,
+            locks: self.clone(),
+            key: key.into(),
             shared: false,
             timeout: None,
         }
     }
+}
 
+impl Advisory {
     /// Take the lock in shared mode: shared holders exclude only exclusive
     /// ones.
     pub fn shared(mut self) -> Self {
@@ -122,8 +132,7 @@ impl Advisory {
 
     /// Refuses session locks where there is no session to hold them.
     fn check_session_available(&self) -> Result<()> {
-        let inner = &self.locks.inner;
-        if inner.transaction_pooler && inner.session_options.is_none() {
+        if !self.locks.db().has_sessions() {
             return Err(Error::invalid(
                 "advisory",
                 "session advisory locks need a session; behind a transaction-mode pooler \
@@ -132,6 +141,14 @@ impl Advisory {
             ));
         }
         Ok(())
+    }
+
+    fn mode(&self) -> Mode {
+        if self.shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        }
     }
 
     fn what(&self) -> String {
@@ -168,8 +185,12 @@ impl Advisory {
         // been granted (the server can report 55P03 after granting).
         let mut session = self.session(deadline).await?;
         session.in_flight = true;
-        let stmt = sql::ADVISORY_LOCK[self.key.is_text() as usize][self.shared as usize]
-            [deadline.is_some() as usize];
+        let wait = if deadline.is_some() {
+            Wait::Timed
+        } else {
+            Wait::Untimed
+        };
+        let stmt = sql::lock(self.key.kind(), self.mode(), wait);
         let mut query = self.key.bind(sqlx::query(stmt));
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
@@ -209,7 +230,7 @@ impl Advisory {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut session = self.session(deadline).await?;
         session.in_flight = true;
-        let stmt = sql::ADVISORY_TRY_LOCK[self.key.is_text() as usize][self.shared as usize];
+        let stmt = sql::try_lock(self.key.kind(), self.mode());
         let row = self
             .key
             .bind(sqlx::query(stmt))
@@ -246,9 +267,15 @@ impl Advisory {
         if !conn.is_in_transaction() {
             return Err(not_in_transaction());
         }
-        let stmt = sql::ADVISORY_XACT_LOCK[self.key.is_text() as usize][self.shared as usize]
-            [self.timeout.is_some() as usize];
-        let mut query = self.key.bind(self.locks.inner.query(stmt));
+        let wait = if self.timeout.is_some() {
+            Wait::Timed
+        } else {
+            Wait::Untimed
+        };
+        let db = self.locks.db();
+        let mut query = self
+            .key
+            .bind(db.query(sql::xact_lock(self.key.kind(), self.mode(), wait)));
         if let Some(t) = self.timeout {
             query = query.bind(format!("{}ms", t.as_millis().max(1)));
         }
@@ -279,10 +306,10 @@ impl Advisory {
         if !conn.is_in_transaction() {
             return Err(not_in_transaction());
         }
-        let stmt = sql::ADVISORY_XACT_TRY_LOCK[self.key.is_text() as usize][self.shared as usize];
+        let stmt = sql::xact_try_lock(self.key.kind(), self.mode());
         let row = self
             .key
-            .bind(self.locks.inner.query(stmt))
+            .bind(self.locks.db().query(stmt))
             .fetch_one(conn)
             .await?;
         Ok(row.try_get(0)?)
@@ -290,11 +317,11 @@ impl Advisory {
 
     /// A free session (waits while `max_sessions` guards are held).
     async fn session(&self, deadline: Option<Instant>) -> Result<Session> {
-        let get = self.locks.inner.lock_sessions.lock_session();
+        let get = self.locks.db().lock_session();
         match deadline {
-            None => Ok(get.await?),
+            None => get.await,
             Some(d) => match tokio::time::timeout_at(d, get).await {
-                Ok(session) => Ok(session?),
+                Ok(session) => session,
                 Err(_) => Err(Error::Timeout {
                     what: self.what(),
                     waited: self.timeout.unwrap_or_default(),
@@ -304,20 +331,14 @@ impl Advisory {
     }
 
     fn guard(&self, session: Session, key: i64) -> AdvisoryGuard {
-        let id = SessionId {
-            pid: session.id.pid,
-            started: session.id.started,
+        tracing::debug!(key = %self.key, shared = self.shared, pid = session.id.pid, "advisory lock acquired");
+        AdvisoryGuard::new(
+            session,
+            self.locks.db().clone(),
+            self.key.clone(),
+            self.mode(),
             key,
-        };
-        tracing::debug!(key = %self.key, shared = self.shared, pid = id.pid, "advisory lock acquired");
-        AdvisoryGuard {
-            session: Some(session),
-            locks: self.locks.clone(),
-            key: self.key.clone(),
-            shared: self.shared,
-            id,
-            used: false,
-        }
+        )
     }
 }
 
@@ -328,213 +349,4 @@ fn not_in_transaction() -> Error {
          (pool.begin() or conn.begin(), then call it with &mut *tx); \
          in autocommit mode the lock would end with the statement",
     )
-}
-
-/// A held advisory lock. Derefs to the session ([`PgConnection`]) that holds
-/// it, for work inside the critical section.
-///
-/// Dropping the guard releases the lock at once, in a spawned task; call
-/// [`release`](Self::release) to release it and learn whether it was still
-/// held.
-#[must_use = "dropping the guard releases the lock"]
-pub struct AdvisoryGuard {
-    session: Option<Session>,
-    locks: Locks,
-    key: AdvisoryKey,
-    shared: bool,
-    id: SessionId,
-    /// Whether the caller reached the session (and may have left a
-    /// transaction or other locks on it).
-    used: bool,
-}
-
-/// Which session holds a guard's lock, and the lock's numeric key.
-#[derive(Debug, Clone, Copy)]
-struct SessionId {
-    pid: i32,
-    /// `pg_postmaster_start_time()`: a pid alone is reused after a restart.
-    started: DateTime<Utc>,
-    key: i64,
-}
-
-impl fmt::Debug for AdvisoryGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdvisoryGuard")
-            .field("key", &self.key)
-            .field("shared", &self.shared)
-            .field("pid", &self.id.pid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AdvisoryGuard {
-    /// The key this guard holds.
-    pub fn key(&self) -> &AdvisoryKey {
-        &self.key
-    }
-
-    /// Whether the lock is held in shared mode.
-    pub fn is_shared(&self) -> bool {
-        self.shared
-    }
-
-    /// The server process id of the session holding the lock (as in
-    /// `pg_locks.pid`).
-    pub fn pid(&self) -> i32 {
-        self.id.pid
-    }
-
-    /// Releases the lock now and returns the session for reuse.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::LockLost`] if the session no longer held the lock (it died,
-    /// or somebody unlocked it on the session); [`Error::Database`] if the
-    /// server refused the unlock. Either way nothing stays held: the session
-    /// is closed unless the unlock succeeded.
-    pub async fn release(mut self) -> Result<()> {
-        let session = self
-            .session
-            .take()
-            .expect("guard holds its session until released");
-        match unlock(session, self.id.key, self.shared, self.used).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.lost_error()),
-            Err(e) if e.as_database_error().is_some() => Err(e.into()),
-            // The connection failed: the session, and its lock, are gone.
-            Err(_) => Err(self.lost_error()),
-        }
-    }
-
-    fn lost_error(&self) -> Error {
-        Error::LockLost {
-            key: self.key.to_string(),
-            pid: self.id.pid,
-        }
-    }
-
-    /// Resolves when the session that holds the lock has died (terminated
-    /// backend, server restart, network failure) or no longer holds the
-    /// lock. It checks `pg_locks` on pglock's own connections twice a second, and also
-    /// resolves after two checks in a row cannot reach the server.
-    ///
-    /// Typical use: run the critical section in a `select!` against
-    /// `lost()`.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it only reads.
-    pub async fn lost(&self) {
-        let mut failures = 0;
-        loop {
-            tokio::time::sleep(LOST_POLL).await;
-            let check = on_statement_conn!(self.locks.inner.sessions, |c| {
-                self.locks
-                    .inner
-                    .query_scalar::<bool>(sql::ADVISORY_HELD_BY)
-                    .bind(self.id.pid)
-                    .bind(self.id.started)
-                    .bind(self.id.key)
-                    .fetch_one(c)
-            });
-            // A cut network never answers: no answer in time counts as a
-            // failed check.
-            let held = match tokio::time::timeout(LOST_POLL * 2, check).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {:?}", LOST_POLL * 2)),
-            };
-            match held {
-                Ok(true) => failures = 0,
-                Ok(false) => break,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(key = %self.key, error = %e, "cannot check advisory lock");
-                    if failures >= 2 {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::warn!(key = %self.key, pid = self.id.pid, "advisory lock lost");
-    }
-}
-
-/// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
-/// if the unlock answered that it held the lock and the caller never `used`
-/// the session: a session the caller ran statements on may carry anything
-/// (an open transaction, settings, other locks, LISTENs), so it is closed
-/// and the server drops whatever it held. So is a session whose unlock
-/// failed, timed out or was cancelled.
-async fn unlock(
-    session: Session,
-    key: i64,
-    shared: bool,
-    used: bool,
-) -> std::result::Result<bool, sqlx::Error> {
-    let mut session = session;
-    session.in_flight = true;
-    let stmt = if shared {
-        sql::ADVISORY_UNLOCK_SHARED
-    } else {
-        sql::ADVISORY_UNLOCK
-    };
-    let query = sqlx::query_scalar::<_, bool>(stmt)
-        .bind(key)
-        .fetch_one(session.conn());
-    let held = match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
-        Ok(held) => held?,
-        Err(_) => {
-            return Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
-            )));
-        }
-    };
-    // Reused only after a confirmed unlock on a session the caller never
-    // touched.
-    session.in_flight = !held || used;
-    Ok(held)
-}
-
-impl Deref for AdvisoryGuard {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        self.session
-            .as_ref()
-            .expect("guard holds its session until released")
-            .conn_ref()
-    }
-}
-
-impl DerefMut for AdvisoryGuard {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        // The caller may leave anything on the session: it is closed, not
-        // reused, after the unlock.
-        self.used = true;
-        self.session
-            .as_mut()
-            .expect("guard holds its session until released")
-            .conn()
-    }
-}
-
-impl Drop for AdvisoryGuard {
-    fn drop(&mut self) {
-        let Some(mut session) = self.session.take() else {
-            return;
-        };
-        // In flight until the unlock succeeds: if the task never runs
-        // (runtime shutting down) the session is closed, not reused.
-        session.in_flight = true;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let key = self.key.clone();
-            let (k, shared, used) = (self.id.key, self.shared, self.used);
-            rt.spawn(async move {
-                if let Err(e) = unlock(session, k, shared, used).await {
-                    tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
-                }
-            });
-        }
-    }
 }

@@ -24,8 +24,9 @@ use sqlx::Row;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::lease::Shared;
-use crate::session::{Sessions, on_statement_conn};
+use super::state::Shared;
+use crate::db::{Db, Repeat};
+use crate::error::Result;
 
 /// Longest one renewal attempt may take.
 const RENEW_ATTEMPT: Duration = Duration::from_secs(5);
@@ -50,16 +51,12 @@ struct RegistryState {
 
 impl KeepAlive {
     /// Starts renewing `lease` (starting the task if needed).
-    pub(crate) fn add(&self, lease: &Arc<Shared>, sessions: &Arc<Sessions>, statement: &str) {
+    pub(crate) fn add(&self, lease: &Arc<Shared>, db: &Arc<Db>) {
         let mut state = self.registry.leases.lock().unwrap();
-        state.by_token.insert(lease.token, Arc::downgrade(lease));
+        state.by_token.insert(lease.id.token, Arc::downgrade(lease));
         if !state.running {
             state.running = true;
-            tokio::spawn(run(
-                self.registry.clone(),
-                sessions.clone(),
-                statement.to_owned(),
-            ));
+            tokio::spawn(run(self.registry.clone(), db.clone()));
         }
         drop(state);
         self.registry.changed.notify_one();
@@ -71,7 +68,7 @@ impl KeepAlive {
     }
 }
 
-async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String) {
+async fn run(registry: Arc<Registry>, db: Arc<Db>) {
     // However this task ends (its runtime shutting down included), the next
     // keep_alive() starts a new one.
     struct Running(Arc<Registry>);
@@ -131,12 +128,11 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
             .unwrap_or_default()
             .min(RENEW_ATTEMPT)
             .max(Duration::from_millis(100));
-        let outcome =
-            match tokio::time::timeout(limit, renew_batch(&sessions, &statement, &due)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {limit:?}")),
-            };
+        let outcome = match tokio::time::timeout(limit, renew_batch(&db, &due)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        };
         if let Err(e) = outcome {
             let retry = due
                 .iter()
@@ -152,34 +148,31 @@ async fn run(registry: Arc<Registry>, sessions: Arc<Sessions>, statement: String
 }
 
 /// Renews `due` with one statement and records each outcome.
-pub(crate) async fn renew_batch(
-    sessions: &Arc<Sessions>,
-    statement: &str,
-    due: &[Arc<Shared>],
-) -> Result<(), sqlx::Error> {
-    let pools: Vec<&str> = due.iter().map(|s| s.pool.as_str()).collect();
-    let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
-    let tokens: Vec<i64> = due.iter().map(|s| s.token).collect();
-    let owners: Vec<uuid::Uuid> = due.iter().map(|s| s.owner).collect();
+pub(crate) async fn renew_batch(db: &Db, due: &[Arc<Shared>]) -> Result<()> {
+    let pools: Vec<String> = due
+        .iter()
+        .map(|s| s.id.scope.pool_column().to_owned())
+        .collect();
+    let names: Vec<String> = due.iter().map(|s| s.id.name.clone()).collect();
+    let tokens: Vec<i64> = due.iter().map(|s| s.id.token).collect();
+    let owners: Vec<uuid::Uuid> = due.iter().map(|s| s.id.owner).collect();
     let ttls: Vec<i64> = due.iter().map(|s| s.ttl.as_millis() as i64).collect();
     let sent = Instant::now();
-    let rows = on_statement_conn!(sessions, |c| {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .persistent(!sessions.pooled)
-            .bind(&pools)
-            .bind(&names)
-            .bind(&tokens)
-            .bind(&owners)
-            .bind(&ttls)
-            .fetch_all(c)
-    })
-    .await?;
+    let rows = db
+        .fetch_all(Repeat::Safe, &db.sql.lease_renew, |q| {
+            q.bind(&pools)
+                .bind(&names)
+                .bind(&tokens)
+                .bind(&owners)
+                .bind(&ttls)
+        })
+        .await?;
     let mut renewed: HashMap<i64, (chrono::DateTime<chrono::Utc>, bool)> = HashMap::new();
     for row in rows {
         renewed.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
     }
     for s in due {
-        match renewed.get(&s.token) {
+        match renewed.get(&s.id.token) {
             Some((expires_at, requested)) => s.renewed(sent, *expires_at, *requested),
             None => s.mark_lost("not renewed: expired, taken over or force-released"),
         }
