@@ -130,6 +130,7 @@ mod error;
 mod key;
 mod lease;
 mod locks;
+pub mod metrics;
 mod migrate;
 mod pool;
 mod rate;
