@@ -763,3 +763,23 @@ fn help_has_examples() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stats_prints_the_metrics() {
+    let t = db().await;
+    let name = unique("stats");
+    let out = pglock(&t)
+        .args(["exec", "--stats", "--lease", &name, "--", "true"])
+        .assert()
+        .code(0);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("pglock_acquisitions_total{kind=lease} 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pglock_hold_seconds{kind=lease} count=1"),
+        "{err}"
+    );
+    assert!(err.contains("pglock_notifies_total 1"), "{err}");
+}
