@@ -260,6 +260,7 @@ impl Drop for Answer {
         rt.spawn(async move {
             match fut.await {
                 Ok(rows) if !rows.is_empty() => {
+                    crate::metrics::gave_back();
                     tracing::debug!("gave back what an abandoned acquire took")
                 }
                 Ok(_) => {}

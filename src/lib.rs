@@ -132,6 +132,7 @@ mod error;
 mod key;
 mod lease;
 mod locks;
+pub mod metrics;
 mod migrate;
 mod multi;
 mod pool;

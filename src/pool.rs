@@ -309,11 +309,14 @@ pub(crate) async fn try_claim(
     terms: &Terms,
     max_slot: Option<i32>,
 ) -> Result<Option<Shared>> {
-    match claim_look(locks, scope, terms, max_slot).await {
-        Ok(Look::Done(s)) => Ok(Some(s)),
-        Ok(Look::Again(_) | Look::WhenWoken) | Err(Error::PoolDrained { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let look = async {
+        match claim_look(locks, scope, terms, max_slot).await {
+            Ok(Look::Done(s)) => Ok(Some(s)),
+            Ok(Look::Again(_) | Look::WhenWoken) | Err(Error::PoolDrained { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    wait::try_once((scope.kind(), scope.pool_column()), look).await
 }
 
 /// Waits for an item of `scope`'s pool and claims it.
@@ -327,7 +330,8 @@ pub(crate) async fn claim(
     let what = || format!("an item of pool {pool:?}");
     let topic = scope.free_topic("");
     let look = || claim_look(locks, scope, terms, max_slot);
-    wait::acquire(&locks.db().hub, &topic, terms.timeout, what, look).await
+    let (hub, kind) = (&locks.db().hub, (scope.kind(), pool));
+    wait::acquire(hub, kind, &topic, terms.timeout, what, look).await
 }
 
 /// One look: an item, how long until one may be free, or

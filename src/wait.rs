@@ -25,7 +25,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use tracing::Instrument;
+
 use crate::error::{Error, Result};
+use crate::metrics::{self, Kind};
 use crate::sql::CHANNEL;
 
 /// The shared LISTEN connection of one `Locks`.
@@ -249,22 +252,82 @@ pub(crate) enum Look<T> {
 /// The acquire skeleton every waiting primitive shares: looks with `look`
 /// until it is done ([`until_done`]), giving up with [`Error::Timeout`]
 /// after `timeout`. The caller has validated its input before.
+/// Each acquire runs in a `pglock.acquire` span and is counted
+/// ([`crate::metrics`]).
 pub(crate) async fn acquire<T, F, Fut>(
     hub: &Hub,
+    (kind, name): (Kind, &str),
     topic: &str,
     timeout: Option<Duration>,
     what: impl FnOnce() -> String,
-    look: F,
+    mut look: F,
 ) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Look<T>>>,
 {
-    within(
+    let looks = std::sync::atomic::AtomicU32::new(0);
+    let counted = || {
+        if looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            metrics::contended(kind);
+        }
+        look()
+    };
+    let wait = within(
         timeout,
         what,
-        until_done(hub, topic, look, std::future::pending),
-    )
+        until_done(hub, topic, counted, std::future::pending),
+    );
+    observe((kind, name), wait).await
+}
+
+/// Awaits the acquire `wait` in a `pglock.acquire` span and counts it
+/// ([`crate::metrics`]).
+pub(crate) async fn observe<T>(
+    (kind, name): (Kind, &str),
+    wait: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let started = Instant::now();
+    async {
+        let out = wait.await;
+        let waited = started.elapsed();
+        match &out {
+            Ok(_) => {
+                metrics::acquired(kind, waited);
+                metrics::outcome(waited, "acquired");
+            }
+            Err(Error::Timeout { .. }) => metrics::outcome(waited, "timeout"),
+            Err(_) => metrics::outcome(waited, "error"),
+        }
+        out
+    }
+    .instrument(metrics::acquire_span(kind, name, true))
+    .await
+}
+
+/// One look of a `try_` acquire, in a `pglock.try_acquire` span and
+/// counted ([`crate::metrics`]): `Ok(None)` when it is held.
+pub(crate) async fn try_once<T>(
+    (kind, name): (Kind, &str),
+    look: impl std::future::Future<Output = Result<Option<T>>>,
+) -> Result<Option<T>> {
+    async {
+        let out = look.await;
+        let outcome = match &out {
+            Ok(Some(_)) => {
+                metrics::acquired(kind, Duration::ZERO);
+                "acquired"
+            }
+            Ok(None) => {
+                metrics::contended(kind);
+                "held"
+            }
+            Err(_) => "error",
+        };
+        metrics::outcome(Duration::ZERO, outcome);
+        out
+    }
+    .instrument(metrics::acquire_span(kind, name, false))
     .await
 }
 

@@ -1226,3 +1226,23 @@ async fn gc_deletes_free_lease_rows() {
         .stdout("deleted 1 free lease rows\n");
     assert!(t.locks.lease_info(&name).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stats_prints_the_metrics() {
+    let t = db().await;
+    let name = unique("stats");
+    let out = pglock(&t)
+        .args(["exec", "--stats", "--lease", &name, "--", "true"])
+        .assert()
+        .code(0);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("pglock_acquisitions_total{kind=lease} 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pglock_hold_seconds{kind=lease} count=1"),
+        "{err}"
+    );
+    assert!(err.contains("pglock_notifies_total 1"), "{err}");
+}

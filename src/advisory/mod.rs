@@ -59,8 +59,10 @@ use tokio::time::Instant;
 use crate::error::{Error, LOCK_NOT_AVAILABLE, Result, sqlstate};
 use crate::key::AdvisoryKey;
 use crate::locks::Locks;
+use crate::metrics::Kind;
 use crate::session::Session;
 use crate::sql::advisory::{self as sql, Mode, Wait};
+use crate::wait;
 
 /// Longest accepted timeout: PostgreSQL's `lock_timeout` is an `int` of
 /// milliseconds.
@@ -194,6 +196,11 @@ impl Advisory {
     /// SQL runs); [`Error::Database`] when the server or the connection
     /// fails.
     pub async fn lock(self) -> Result<AdvisoryGuard> {
+        let name = self.what();
+        wait::observe((Kind::Advisory, &name), self.lock_now()).await
+    }
+
+    async fn lock_now(self) -> Result<AdvisoryGuard> {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
@@ -242,6 +249,11 @@ impl Advisory {
     /// (before any SQL runs); [`Error::Database`] when the server or the
     /// connection fails. Contention is not an error.
     pub async fn try_lock(self) -> Result<Option<AdvisoryGuard>> {
+        let name = self.what();
+        wait::try_once((Kind::Advisory, &name), self.try_lock_now()).await
+    }
+
+    async fn try_lock_now(self) -> Result<Option<AdvisoryGuard>> {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);

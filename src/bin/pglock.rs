@@ -105,6 +105,8 @@ mod exec;
 mod held;
 #[path = "pglock/report.rs"]
 mod report;
+#[path = "pglock/stats.rs"]
+mod stats;
 #[path = "pglock/waiting.rs"]
 mod waiting;
 
@@ -202,7 +204,12 @@ async fn run(cli: Cli, ui: Ui) -> Result<u8, Failure> {
         Command::Migrate => admin::migrate(&ctx).await,
         Command::Exec(args) => {
             let signals = signals.as_mut().expect("caught for exec");
-            exec::exec(&ctx, args, signals).await
+            let stats = args.stats.then(stats::Stats::install).flatten();
+            let out = exec::exec(&ctx, args, signals).await;
+            if let Some(s) = stats {
+                s.print();
+            }
+            out
         }
         Command::Pool(PoolCommand::Add { pool, .. }) => admin::pool_add(&ctx, pool, items).await,
         Command::Pool(PoolCommand::Status { pool, items, json }) => {

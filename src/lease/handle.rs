@@ -17,6 +17,7 @@ use crate::db::{Db, Q, Repeat};
 use crate::error::{Error, FENCE_FAILED, Result, sqlstate};
 use crate::key::validate_data;
 use crate::locks::Locks;
+use crate::metrics;
 use crate::wait::{Look, payload, until_done};
 
 /// A handle on a held lease, pool item or permit that can be cloned into
@@ -273,6 +274,12 @@ impl LeaseRef {
             })
             .await?;
         s.mark_lost_quiet();
+        if row.is_some() {
+            metrics::released(s.id.scope.kind(), s.taken_at.elapsed());
+            if notify {
+                metrics::notify_sent();
+            }
+        }
         row.map(|_| ()).ok_or_else(|| s.lost_error())
     }
 

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::state::Shared;
 use crate::db::{Db, Repeat};
 use crate::error::Result;
+use crate::metrics;
 
 /// Longest one renewal attempt may take.
 const RENEW_ATTEMPT: Duration = Duration::from_secs(5);
@@ -166,7 +167,8 @@ pub(crate) async fn renew_batch(db: &Db, due: &[Arc<Shared>]) -> Result<()> {
                 .bind(&owners)
                 .bind(&ttls)
         })
-        .await?;
+        .await
+        .inspect_err(|_| metrics::renew_failed(due.len()))?;
     let mut renewed: HashMap<i64, (chrono::DateTime<chrono::Utc>, bool)> = HashMap::new();
     for row in rows {
         renewed.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));

@@ -55,6 +55,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::key::{validate_data, validate_name};
 use crate::locks::Locks;
+use crate::metrics::{self, Kind};
 use crate::wait::{self, Look, MAX_WAIT, payload, validate_timeout};
 use state::{Identity, Scope, Shared};
 
@@ -188,6 +189,7 @@ impl Shared {
             owner,
         };
         tracing::debug!(pool = id.scope.pool(), name = %id.name, token = id.token, "lease taken");
+        metrics::token(id.token);
         let (expires_at, data) = (row.try_get("expires_at")?, row.try_get("data")?);
         Ok(Shared::new(id, holder, terms.ttl, sent, expires_at, data))
     }
@@ -261,10 +263,13 @@ impl LeaseRequest {
     /// [`Error::Database`].
     pub async fn try_acquire(self) -> Result<Option<Lease>> {
         self.validate()?;
-        match self.attempt().await? {
-            Look::Done(lease) => Ok(Some(lease)),
-            Look::Again(_) | Look::WhenWoken => Ok(None),
-        }
+        let look = async {
+            match self.attempt().await? {
+                Look::Done(lease) => Ok(Some(lease)),
+                Look::Again(_) | Look::WhenWoken => Ok(None),
+            }
+        };
+        wait::try_once((Kind::Lease, &self.name), look).await
     }
 
     /// Waits for the lease and takes it. Wakes when the holder releases it
@@ -283,7 +288,16 @@ impl LeaseRequest {
         self.validate()?;
         let what = || format!("lease {:?}", self.name);
         let hub = &self.locks.db().hub;
-        wait::acquire(hub, &self.name, self.terms.timeout, what, || self.attempt()).await
+        let (timeout, look) = (self.terms.timeout, || self.attempt());
+        wait::acquire(
+            hub,
+            (Kind::Lease, &self.name),
+            &self.name,
+            timeout,
+            what,
+            look,
+        )
+        .await
     }
 
     /// One look: the lease, or how long until the holder's expiry.

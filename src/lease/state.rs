@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::metrics::{self, Kind};
 
 /// What kind of lease a row is, and of what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,15 @@ pub(crate) enum Scope {
 }
 
 impl Scope {
+    /// The `kind` label of its metrics.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Scope::Lease => Kind::Lease,
+            Scope::Item { .. } => Kind::PoolItem,
+            Scope::Permit { .. } => Kind::Permit,
+        }
+    }
+
     /// The `pool` column: `''` for a plain lease.
     pub(crate) fn pool_column(&self) -> &str {
         match self {
@@ -77,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) ttl: Duration,
     pub(crate) data: Mutex<Option<Value>>,
     pub(crate) state: watch::Sender<State>,
+    /// When the acquire that took it was sent: the start of its hold time.
+    pub(crate) taken_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +124,7 @@ impl Shared {
             holder,
             ttl,
             data: Mutex::new(data),
+            taken_at: sent,
             state: watch::Sender::new(State {
                 deadline: sent + local_ttl(ttl),
                 next_renewal: sent + ttl / 3,
@@ -164,6 +177,7 @@ impl Shared {
             .send_if_modified(|s| !std::mem::replace(&mut s.lost, true));
         if newly {
             tracing::warn!(name = %self.id.name, token = self.id.token, why, "lease lost");
+            metrics::lost(self.id.scope.kind());
         }
     }
 

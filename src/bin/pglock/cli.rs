@@ -274,6 +274,12 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "POOL")]
     pub(crate) pool: Option<String>,
 
+    /// Print pglock's metrics (acquisitions, contention, wait and hold
+    /// time, lost leases, renew failures, give-backs, NOTIFYs) to stderr
+    /// when the command ends.
+    #[arg(long)]
+    pub(crate) stats: bool,
+
     /// With --pool: claim and run items one after the other until the pool
     /// is drained; stop at the first command that fails, or after a signal.
     #[arg(long, requires = "pool")]

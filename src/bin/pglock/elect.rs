@@ -40,7 +40,11 @@ pub(crate) async fn elect(
     env.push(("PGLOCK_ELECTION", args.name.clone()));
     env.push(("PGLOCK_VALUE", value));
     let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    Ok(end_lease(ctx, lease, finished, args.grace, args.release_timeout).await?.code)
+    Ok(
+        end_lease(ctx, lease, finished, args.grace, args.release_timeout)
+            .await?
+            .code,
+    )
 }
 
 /// Runs `pglock leader`: prints `TOKEN<TAB>VALUE<TAB>HOLDER` (or JSON) for

@@ -69,7 +69,11 @@ async fn exec_lease(
     ));
     let env = lease_env(ctx, &lease);
     let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    Ok(end_lease(ctx, lease, finished, args.grace, args.release_timeout).await?.code)
+    Ok(
+        end_lease(ctx, lease, finished, args.grace, args.release_timeout)
+            .await?
+            .code,
+    )
 }
 
 async fn exec_advisory(
