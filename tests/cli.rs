@@ -1,98 +1,18 @@
 //! The `pglock` binary, run as users run it, against a real PostgreSQL.
 #![cfg(feature = "cli")]
 
+#[path = "support/cli.rs"]
+mod cli_support;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
+use cli_support::*;
 use serde_json::{Value, json};
 use support::cluster::Cluster;
-use support::{TestDb, db, eventually};
-
-/// Longest any one pglock run may take in these tests.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
-
-/// `pglock` with this test's database and schema, and none of the
-/// environment variables pglock reads.
-fn pglock(t: &TestDb) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
-    isolate(cmd.env_remove("DATABASE_URL"));
-    cmd.args(["--database-url", &support::cluster::shared_url()])
-        .args(["--schema", &t.schema])
-        .timeout(RUN_LIMIT);
-    cmd
-}
-
-fn isolate(cmd: &mut assert_cmd::Command) -> &mut assert_cmd::Command {
-    cmd.env_remove("PGLOCK_SCHEMA").env_remove("PGLOCK_HOLDER")
-}
-
-/// The same, started in the background with its output captured.
-fn spawn(t: &TestDb, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_pglock"))
-        .env_remove("DATABASE_URL")
-        .env_remove("PGLOCK_SCHEMA")
-        .env_remove("PGLOCK_HOLDER")
-        .args(["--database-url", &support::cluster::shared_url()])
-        .args(["--schema", &t.schema])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pglock")
-}
-
-/// Waits for a background pglock, at most [`RUN_LIMIT`].
-async fn finish(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
-        .await
-        .expect("pglock did not exit in time")
-        .expect("wait for pglock")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh directory for a test's files.
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pglock-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-async fn held(t: &TestDb, name: &str) -> bool {
-    t.locks
-        .leases()
-        .await
-        .unwrap()
-        .iter()
-        .any(|l| l.pool.is_none() && l.name == name && l.held)
-}
-
-/// Whether process `pid` still runs (a zombie waiting for its reaper does
-/// not).
-fn process_alive(pid: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    state != Some("Z") && state != Some("X")
-}
+use support::{db, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lease_runs_are_serialized_with_increasing_tokens() {
@@ -812,37 +732,6 @@ fn help_has_examples() {
             "{sub:?} --help has no example:\n{help}"
         );
     }
-}
-
-/// `pglock` with `url` (a test's own cluster) and the given schema.
-fn pglock_at(url: &str, schema: &str) -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("pglock").unwrap();
-    isolate(cmd.env_remove("DATABASE_URL"))
-        .env_remove("PGLOCK_TRANSACTION_POOLER")
-        .env_remove("PGLOCK_SESSION_URL")
-        .args(["--database-url", url])
-        .args(["--schema", schema])
-        .timeout(RUN_LIMIT);
-    cmd
-}
-
-/// The same in the background, output captured.
-fn spawn_at(url: &str, schema: &str, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_pglock"))
-        .env_remove("DATABASE_URL")
-        .env_remove("PGLOCK_SCHEMA")
-        .env_remove("PGLOCK_HOLDER")
-        .env_remove("PGLOCK_TRANSACTION_POOLER")
-        .env_remove("PGLOCK_SESSION_URL")
-        .args(["--database-url", url])
-        .args(["--schema", schema])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pglock")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
