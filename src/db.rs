@@ -110,7 +110,10 @@ impl Db {
 
     /// A connection for an advisory lock session.
     pub(crate) async fn lock_session(&self) -> Result<Session> {
-        Ok(self.lock_sessions.lock_session().await?)
+        self.lock_sessions
+            .lock_session()
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Runs `sql` with the parameters `bind` adds, on a statement

@@ -10,7 +10,7 @@
 
 use sqlx::{Connection, PgConnection};
 
-use crate::sql::{ENGINE_LOCK, ENGINE_LOCK_OTHER, ENGINE_UNLOCK, REPLICATION};
+use crate::sql::{BACKEND_PID, ENGINE_LOCK, ENGINE_LOCK_OTHER, ENGINE_UNLOCK, REPLICATION};
 
 /// The error for a connection that reached a standby: never used, so that
 /// a lock or lease is only ever taken on the primary.
@@ -21,6 +21,55 @@ pub(crate) fn standby_refused() -> sqlx::Error {
          route its connections to the primary (e.g. HAProxy checking Patroni's GET /primary, \
          or target_session_attrs=read-write)",
     ))
+}
+
+/// The error for connect options that lead through a transaction-mode
+/// pooler that was not declared: pglock's session state (its settings,
+/// advisory locks, LISTEN) would land on server connections the pooler
+/// hands to other clients.
+#[derive(Debug)]
+pub(crate) struct UndeclaredPooler;
+
+impl std::fmt::Display for UndeclaredPooler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "these connect options lead through a transaction-mode pooler (two client \
+             connections shared one server session): declare it with \
+             LocksBuilder::transaction_pooler(true) (CLI: --transaction-pooler), and give \
+             LocksBuilder::session_options a direct or session-mode address for advisory \
+             locks, LISTEN and migrate",
+        )
+    }
+}
+
+impl std::error::Error for UndeclaredPooler {}
+
+/// Refuses connect options that lead through a transaction-mode pooler
+/// (PgBouncer `pool_mode=transaction`) when none was declared. `first` is
+/// a new connection; a second one is opened with `options`. Two client
+/// connections that report the same backend pid, or one whose pid changes
+/// between two statements, share server sessions: a pooler in transaction
+/// (or statement) mode. A direct server or a session-mode pooler gives
+/// each client connection its own. Run once per set of pglock's
+/// connections, before any session state is set; three round trips and one
+/// short-lived connection.
+pub(crate) async fn refuse_undeclared_pooler(
+    first: &mut PgConnection,
+    options: &sqlx::postgres::PgConnectOptions,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Row;
+    async fn pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        sqlx::raw_sql(BACKEND_PID).fetch_one(conn).await?.try_get(0)
+    }
+    let before = pid(first).await?;
+    let mut second = PgConnection::connect_with(options).await?;
+    let other = pid(&mut second).await;
+    let _ = second.close().await;
+    let after = pid(first).await?;
+    if other? == before || after != before {
+        return Err(sqlx::Error::Configuration(Box::new(UndeclaredPooler)));
+    }
+    Ok(())
 }
 
 /// A random advisory key for the exclusion check, so concurrent `migrate`

@@ -95,8 +95,15 @@ impl Error {
     }
 
     /// Turns a driver error into [`Error::NotMigrated`] when the schema's
-    /// objects are missing, and [`Error::Database`] otherwise.
+    /// objects are missing, into [`Error::InvalidInput`] (`transaction_pooler`)
+    /// for an undeclared transaction-mode pooler, and [`Error::Database`]
+    /// otherwise.
     pub(crate) fn from_db(e: sqlx::Error, schema: &str) -> Self {
+        if let sqlx::Error::Configuration(cause) = &e
+            && let Some(pooler) = cause.downcast_ref::<crate::engine::UndeclaredPooler>()
+        {
+            return Error::invalid("transaction_pooler", pooler.to_string());
+        }
         match sqlstate(&e).as_deref() {
             Some(UNDEFINED_TABLE | INVALID_SCHEMA | UNDEFINED_FUNCTION) => Error::NotMigrated {
                 schema: schema.to_owned(),

@@ -105,6 +105,9 @@ pub(crate) struct Sessions {
     idle: Mutex<Vec<(PgConnection, ConnId, Instant)>>,
     locks: Arc<Semaphore>,
     statements: Arc<Semaphore>,
+    /// Set once a first connection showed that `options` do not lead
+    /// through an undeclared transaction-mode pooler.
+    probed: tokio::sync::OnceCell<()>,
 }
 
 /// A checked-out connection; goes back to the idle list when dropped, unless
@@ -133,6 +136,7 @@ impl Sessions {
             idle: Mutex::new(Vec::new()),
             locks: Arc::new(Semaphore::new(limits.max_sessions as usize)),
             statements: Arc::new(Semaphore::new(limits.statement_connections as usize)),
+            probed: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -213,6 +217,15 @@ impl Sessions {
         // again (SESSION_SETUP). Through a transaction pooler no session
         // state is set at all (SESSION_SETUP_POOLED).
         let pooled = self.pooler == Pooler::TransactionMode;
+        // Before any session state is set: a transaction-mode pooler that
+        // was not declared is refused, not silently misused.
+        if !pooled {
+            self.probed
+                .get_or_try_init(|| {
+                    crate::engine::refuse_undeclared_pooler(&mut conn, &self.options)
+                })
+                .await?;
+        }
         let setup = if pooled {
             SESSION_SETUP_POOLED
         } else {

@@ -323,6 +323,11 @@ impl Statements {
     }
 }
 
+/// Which server session answers: two client connections that get the same
+/// one, or one whose answer changes, lead through a transaction-mode pooler
+/// (`engine::refuse_undeclared_pooler`).
+pub(crate) const BACKEND_PID: &str = "SELECT pg_backend_pid()";
+
 /// `migrate`'s engine check, first session: take a random advisory key.
 pub(crate) const ENGINE_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
 

@@ -279,3 +279,42 @@ async fn session_mode_with_the_default_builder() {
     .await;
     drop(bouncer);
 }
+
+#[tokio::test]
+async fn an_undeclared_transaction_pooler_is_refused() {
+    let Some(bin) = support::require_tool("pgbouncer", "pgbouncer") else {
+        return;
+    };
+    let cluster = Cluster::start_tcp();
+    let bouncer = PgBouncer::start(&bin, cluster.port.unwrap(), "transaction");
+    let direct = pool(&cluster.tcp_url()).await;
+    Locks::new(direct.clone()).migrate().await.unwrap();
+    let through = pool(&bouncer.url()).await;
+    // Not declared: the first statement connection shows two client
+    // connections sharing one server session, and nothing runs.
+    let locks = Locks::new(through.clone());
+    for result in [
+        locks.lease("job").try_acquire().await.map(|_| ()),
+        locks.advisory("adv").try_lock().await.map(|_| ()),
+    ] {
+        match result {
+            Err(Error::InvalidInput { field, rule }) => {
+                assert_eq!(field, "transaction_pooler");
+                assert!(rule.contains("transaction_pooler(true)"), "{rule}");
+            }
+            other => panic!("an undeclared transaction pooler: {other:?}"),
+        }
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM pglock.leases")
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing was written through the undeclared pooler");
+    // Declared, the same pooler works.
+    let declared = Locks::builder(through.clone())
+        .transaction_pooler(true)
+        .build()
+        .unwrap();
+    let lease = declared.lease("job").try_acquire().await.unwrap().unwrap();
+    lease.release().await.unwrap();
+}
