@@ -4,6 +4,8 @@ touches what the parent holds, and never hangs."""
 
 import multiprocessing
 import os
+import queue
+import time
 
 import pytest
 
@@ -32,6 +34,52 @@ def _child(locks, parents_lease, results):
         raise
 
 
+def _result_of(child, results, limit=60):
+    """The child's report, or a failure naming its exit code as soon as it
+    dies without one (a crash must not look like a 60 s hang)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=0.2)
+        except queue.Empty:
+            if not child.is_alive():
+                child.join()
+                pytest.fail(f"forked child died without a report, exit code {child.exitcode}")
+    pytest.fail(f"forked child gave no report within {limit} s")
+
+
+def _busy_child(locks, n, results):
+    try:
+        with locks.lease(f"child-{n}", ttl=5) as mine:
+            results.put(mine.token)
+    except BaseException as e:
+        results.put(repr(e))
+        raise
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forks_of_a_busy_parent_all_start_cleanly(locks):
+    """Twelve forks, one after another, of a parent whose runtime is busy
+    (kept-alive leases, a blocking-pool thread): every child starts its own
+    runtime and threads and gets a lease. Catches process-global state
+    (a lock table, a parked thread's record) inherited across fork."""
+    ctx = multiprocessing.get_context("fork")
+    held = [locks.lease(f"parent-{i}", ttl=2).acquire() for i in range(4)]
+    try:
+        for n in range(12):
+            results = ctx.Queue()
+            child = ctx.Process(target=_busy_child, args=(locks, n, results))
+            child.start()
+            token = _result_of(child, results)
+            child.join(60)
+            assert child.exitcode == 0, token
+            assert isinstance(token, int), token
+        assert not any(lease.lost for lease in held)
+    finally:
+        for lease in held:
+            lease.release()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_uses_fresh_connections(locks, admin, schema):
     ctx = multiprocessing.get_context("fork")
@@ -40,7 +88,7 @@ def test_forked_child_uses_fresh_connections(locks, admin, schema):
         results = ctx.Queue()
         child = ctx.Process(target=_child, args=(locks, lease, results))
         child.start()
-        out = results.get(timeout=60)
+        out = _result_of(child, results)
         child.join(60)
     assert child.exitcode == 0, out
     assert out.get("p_free") is False, out
