@@ -35,8 +35,17 @@ pub struct LeaseInfo {
     pub expires_at: Option<DateTime<Utc>>,
     /// Time until expiry by the database clock (negative once expired).
     pub expires_in: Option<chrono::Duration>,
-    /// The JSON payload.
+    /// The JSON payload. It outlives its holder: an acquire without data
+    /// keeps it, so it may be a previous holder's (see
+    /// [`data_token`](Self::data_token)).
     pub data: Option<Value>,
+    /// Token of the acquisition that wrote [`data`](Self::data): equal to
+    /// [`token`](Self::token) when the latest holder wrote it, smaller when
+    /// a previous holder did. `None` with data present: written before
+    /// schema version 3.
+    pub data_token: Option<i64>,
+    /// Holder label of the acquisition that wrote [`data`](Self::data).
+    pub data_holder: Option<String>,
     /// Whether a release was requested.
     pub release_requested: bool,
     /// Set while the lease expired (was not released) and its lock-delay
@@ -58,6 +67,8 @@ impl LeaseInfo {
             expires_at: r.try_get("expires_at")?,
             expires_in: ms.map(|ms| chrono::Duration::milliseconds(ms as i64)),
             data: r.try_get("data")?,
+            data_token: r.try_get("data_token")?,
+            data_holder: r.try_get("data_holder")?,
             release_requested: r.try_get("release_requested")?,
             delayed_until: r.try_get("delayed_until")?,
         })

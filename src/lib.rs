@@ -98,8 +98,14 @@
 //!   forever.
 //! - Release is idempotent and does not report a lease that merely lapsed;
 //!   `renew()` and `fence()` do.
-//! - An acquire without [`data`](LeaseRequest::data) keeps the payload the
-//!   previous holder left.
+//! - Data outlives its holder, for plain leases as for pool items: an
+//!   acquire without [`data`](LeaseRequest::data) keeps the payload the
+//!   previous holder left, so a worker that takes over `shard-17` resumes
+//!   from the step its dead predecessor recorded. To start clean, acquire
+//!   with data. Whose data it is stays visible:
+//!   [`LeaseInfo::data_token`] and [`LeaseInfo::data_holder`] name the
+//!   acquisition that wrote it (`pglock ls` shows it in `DATA BY`), and a
+//!   token other than [`LeaseInfo::token`] means a previous holder wrote it.
 //! - Semaphores and pools share one namespace; every process should use the
 //!   same permit count (a new count takes effect with a process's next
 //!   acquire).

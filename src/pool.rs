@@ -97,8 +97,13 @@ pub struct PoolItem {
     pub done: bool,
     /// Expiry of the latest claim, while held.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The JSON payload its holders left.
+    /// The JSON payload its holders left (it carries from claim to claim).
     pub data: Option<serde_json::Value>,
+    /// Token of the claim that wrote [`data`](Self::data) (see
+    /// [`LeaseInfo::data_token`](crate::LeaseInfo::data_token)).
+    pub data_token: Option<i64>,
+    /// Holder label of the claim that wrote [`data`](Self::data).
+    pub data_holder: Option<String>,
 }
 
 impl Locks {

@@ -50,20 +50,27 @@ WITH cur AS (
             OR l.expires_at + coalesce(l.delay_ms, 0) * interval '1 ms' <= clock_timestamp())
        FOR UPDATE OF l SKIP LOCKED
 ), ins AS (
-    INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data, delay_ms)
-    SELECT '', $1, nextval('{s}.fencing_tokens'), $2, $3, clock_timestamp(),
-           clock_timestamp() + {s}.ttl($4), $5, $6
+    INSERT INTO {s}.leases AS l (pool, name, token, owner, holder, acquired_at, expires_at, data, delay_ms,
+                                 data_token, data_holder)
+    SELECT '', $1, t.token, $2, $3, clock_timestamp(),
+           clock_timestamp() + {s}.ttl($4), $5, $6,
+           CASE WHEN $5 IS NOT NULL THEN t.token END, CASE WHEN $5 IS NOT NULL THEN $3 END
+      FROM (SELECT nextval('{s}.fencing_tokens') AS token) t
      WHERE NOT EXISTS (SELECT 1 FROM cur)
     ON CONFLICT (pool, name) DO NOTHING
     RETURNING l.token, l.expires_at, l.data
+), tok AS (
+    SELECT nextval('{s}.fencing_tokens') AS token FROM lk
 ), upd AS (
     UPDATE {s}.leases AS l
-       SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
+       SET token = tok.token, owner = $2, holder = $3,
            acquired_at = clock_timestamp(), delay_ms = $6,
            expires_at = clock_timestamp() + {s}.ttl($4),
            data = coalesce($5, l.data), release_requested = false,
+           data_token = CASE WHEN $5 IS NOT NULL THEN tok.token ELSE l.data_token END,
+           data_holder = CASE WHEN $5 IS NOT NULL THEN $3 ELSE l.data_holder END,
            updated_at = clock_timestamp()
-      FROM lk
+      FROM lk, tok
      WHERE l.pool = '' AND l.name = lk.name
     RETURNING l.token, l.expires_at, l.data
 )
@@ -93,8 +100,8 @@ RETURNING l.token, l.expires_at, l.release_requested";
 /// Replace the payload, renewing the lease with it.
 const LEASE_SET_DATA: &str = "\
 UPDATE {s}.leases
-   SET data = $5, expires_at = clock_timestamp() + {s}.ttl($6),
-       updated_at = clock_timestamp()
+   SET data = $5, data_token = token, data_holder = holder,
+       expires_at = clock_timestamp() + {s}.ttl($6), updated_at = clock_timestamp()
  WHERE pool = $1 AND name = $2 AND token = $3 AND owner = $4 AND expires_at > clock_timestamp()
 RETURNING expires_at, release_requested";
 
@@ -218,7 +225,7 @@ macro_rules! lease_row {
         "\
 SELECT pool, name, coalesce(token, 0) AS token, holder,
        owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       acquired_at, expires_at, data, release_requested,
+       acquired_at, expires_at, data, data_token, data_holder, release_requested,
        CASE WHEN owner IS NOT NULL
             THEN extract(epoch FROM expires_at - clock_timestamp()) * 1000 END::float8 AS expires_in_ms,
        CASE WHEN owner IS NOT NULL AND expires_at <= clock_timestamp()

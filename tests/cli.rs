@@ -402,6 +402,55 @@ async fn ls_json_shows_what_is_held() {
     lease.release().await.unwrap();
 }
 
+/// `ls` says whose data a lease carries: a previous holder's is named with
+/// its token, so it is not taken for the current holder's.
+#[tokio::test]
+async fn ls_names_a_previous_holders_data() {
+    let t = db().await;
+    let name = unique("shard");
+    let first = t.other("gpu-7").lease(&name).data(json!({"step": 1800}));
+    let first = first.acquire().await.unwrap();
+    let first_token = first.token();
+    first.release().await.unwrap();
+    let now = t.other("gpu-2").lease(&name).acquire().await.unwrap();
+
+    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("the lease is listed:\n{table}"));
+    assert!(
+        line.contains(&format!("token {first_token} (gpu-7)")),
+        "{table}"
+    );
+    let header = table
+        .lines()
+        .find(|l| l.contains("DATA BY"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(header.contains("HOLDER"), "{table}");
+
+    let out = pglock(&t)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = doc["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .expect("the lease is listed")
+        .clone();
+    assert_eq!(row["holder"], "gpu-2");
+    assert_eq!(row["token"], now.token());
+    assert_eq!(row["data_token"], first_token);
+    assert_eq!(row["data_holder"], "gpu-7");
+    now.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn ls_shows_an_expired_lease_in_its_lock_delay_as_delayed() {
     let t = db().await;

@@ -47,6 +47,114 @@ async fn data_is_visible_kept_for_the_next_holder_and_listed() {
     assert!(!row.held);
 }
 
+/// Data outlives its holder (resume progress), and the listing says whose
+/// it is: the token and holder of the acquisition that wrote it.
+#[tokio::test]
+async fn the_listing_names_the_acquisition_that_wrote_the_data() {
+    let t = db().await;
+    let n = name();
+    let listed = |locks: Locks, n: String| async move {
+        locks
+            .leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == n)
+            .unwrap()
+    };
+    let a = t
+        .other("gpu-7")
+        .lease(&n)
+        .data(json!({"gpu": 7}))
+        .try_acquire();
+    let a = a.await.unwrap().unwrap();
+    let row = listed(t.locks.clone(), n.clone()).await;
+    assert_eq!(
+        (row.data_token, row.data_holder.as_deref()),
+        (Some(a.token()), Some("gpu-7"))
+    );
+    let a_token = a.token();
+    a.release().await.unwrap();
+
+    // Taken without data: the payload is the previous holder's, and says so.
+    let b = held(&t.other("gpu-2"), &n).await;
+    assert_eq!(b.data(), Some(json!({"gpu": 7})));
+    let row = listed(t.locks.clone(), n.clone()).await;
+    assert_eq!(row.token, b.token());
+    assert_eq!(row.holder.as_deref(), Some("gpu-2"));
+    assert_eq!(
+        (row.data_token, row.data_holder.as_deref()),
+        (Some(a_token), Some("gpu-7"))
+    );
+
+    // Written by this holder: now it is the latest acquisition's.
+    b.set_data(json!({"gpu": 2})).await.unwrap();
+    let row = listed(t.locks.clone(), n.clone()).await;
+    assert_eq!(
+        (row.data_token, row.data_holder.as_deref()),
+        (Some(b.token()), Some("gpu-2"))
+    );
+    b.release().await.unwrap();
+
+    // Acquired with data after a takeover of an expired holder: its own.
+    let c = held(&t.other("gpu-3"), &n).await;
+    c.orphan();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 ms' \
+         WHERE pool = '' AND name = $1",
+        t.schema
+    )))
+    .bind(&n)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    let d = t
+        .other("gpu-4")
+        .lease(&n)
+        .data(json!({"fresh": true}))
+        .try_acquire();
+    let d = d.await.unwrap().expect("an expired lease is taken over");
+    let row = listed(t.locks.clone(), n.clone()).await;
+    assert_eq!(row.data, Some(json!({"fresh": true})));
+    assert_eq!(
+        (row.data_token, row.data_holder.as_deref()),
+        (Some(d.token()), Some("gpu-4"))
+    );
+    d.release().await.unwrap();
+}
+
+/// A pool item's progress carries from claim to claim, with its writer.
+#[tokio::test]
+async fn a_pool_items_data_names_the_claim_that_wrote_it() {
+    let t = db().await;
+    let pool = t.locks.lease_pool(name());
+    pool.add(["trial-1"]).await.unwrap();
+    let first = t
+        .other("worker-0")
+        .lease_pool(pool.name())
+        .claim()
+        .try_acquire();
+    let first = first.await.unwrap().unwrap();
+    first.set_data(json!({"step": 3})).await.unwrap();
+    let first_token = first.token();
+    first.release().await.unwrap();
+    let second = t
+        .other("worker-1")
+        .lease_pool(pool.name())
+        .claim()
+        .try_acquire();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.data(), Some(json!({"step": 3})));
+    let items = pool.items().await.unwrap();
+    let item = items.iter().find(|i| i.name == "trial-1").unwrap();
+    assert_eq!(item.token, second.token());
+    assert_eq!(
+        (item.data_token, item.data_holder.as_deref()),
+        (Some(first_token), Some("worker-0"))
+    );
+    second.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_before_any_sql() {
     let pool = sqlx::postgres::PgPoolOptions::new()

@@ -133,5 +133,5 @@ SELECT EXISTS (SELECT 1 FROM {s}.pools WHERE name = $1) AS pool_exists,
 pub(super) const POOL_ITEMS: &str = "\
 SELECT name, coalesce(token, 0) AS token, holder, done,
        NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       expires_at, data
+       expires_at, data, data_token, data_holder
   FROM {s}.leases WHERE pool = $1 ORDER BY seq, name";

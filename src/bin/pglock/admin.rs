@@ -125,6 +125,8 @@ pub(crate) async fn pool_status(
                         "token": i.token,
                         "expires_at": i.expires_at.map(rfc3339),
                         "data": i.data,
+                        "data_token": i.data_token,
+                        "data_holder": i.data_holder,
                     })
                 })
                 .collect();
@@ -146,10 +148,19 @@ pub(crate) async fn pool_status(
                     i.holder.as_deref().map_or_else(|| "-".into(), name_text),
                     token_text(i.token),
                     data_text(i.data.as_ref()),
+                    data_by_text(
+                        i.data.as_ref(),
+                        i.token,
+                        i.data_token,
+                        i.data_holder.as_deref(),
+                    ),
                 ]
             })
             .collect();
-        print(table(&["ITEM", "STATE", "HOLDER", "TOKEN", "DATA"], &rows));
+        print(table(
+            &["ITEM", "STATE", "HOLDER", "TOKEN", "DATA", "DATA BY"],
+            &rows,
+        ));
     }
     Ok(0)
 }
@@ -189,6 +200,12 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
                     expires_text(l),
                     if l.release_requested { "yes" } else { "-" }.to_owned(),
                     data_text(l.data.as_ref()),
+                    data_by_text(
+                        l.data.as_ref(),
+                        l.token,
+                        l.data_token,
+                        l.data_holder.as_deref(),
+                    ),
                 ]
             })
             .collect();
@@ -202,6 +219,7 @@ pub(crate) async fn ls(ctx: &Ctx, as_json: bool) -> Result<u8, Failure> {
                 "EXPIRES IN",
                 "RELEASE REQUESTED",
                 "DATA",
+                "DATA BY",
             ],
             &rows,
         ));
@@ -246,6 +264,8 @@ fn lease_json(l: &LeaseInfo) -> Value {
         "expires_at": l.expires_at.map(rfc3339),
         "expires_in_ms": l.expires_in.map(|d| d.num_milliseconds()),
         "data": l.data,
+        "data_token": l.data_token,
+        "data_holder": l.data_holder,
         "release_requested": l.release_requested,
         "delayed_until": l.delayed_until.map(rfc3339),
     })
@@ -301,6 +321,26 @@ fn key_text(a: &AdvisoryLockInfo) -> String {
 /// A name for a table cell: shortened (the table escapes it).
 fn name_text(name: &str) -> String {
     truncate(name, NAME_WIDTH)
+}
+
+/// Whose data it is: `latest holder` when the latest acquisition wrote it,
+/// `token N (holder)` when an earlier one did, `?` when it was written
+/// before pglock recorded the writer (schema version 2 or older).
+fn data_by_text(
+    data: Option<&Value>,
+    token: i64,
+    data_token: Option<i64>,
+    data_holder: Option<&str>,
+) -> String {
+    match (data, data_token) {
+        (None, _) => "-".to_owned(),
+        (Some(_), None) => "?".to_owned(),
+        (Some(_), Some(t)) if t == token => "latest holder".to_owned(),
+        (Some(_), Some(t)) => match data_holder {
+            Some(h) => format!("token {t} ({})", name_text(h)),
+            None => format!("token {t}"),
+        },
+    }
 }
 
 fn data_text(data: Option<&Value>) -> String {
