@@ -131,3 +131,28 @@ pub(crate) fn gave_back() {
 pub(crate) fn notify_sent() {
     counter!(NOTIFIES).increment(1);
 }
+
+/// What an uncontended `try_acquire()` and its `release()` record, in the
+/// same order and with the same labels: for the benchmark that shows their
+/// cost with no recorder and no subscriber installed. Unstable, behind the
+/// `internals` feature.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub fn __record_one_acquire_release() {
+    use tracing::Instrument;
+    let span = acquire_span(Kind::Lease, "bench", false);
+    let fut = async {
+        token(1);
+        acquired(Kind::Lease, Duration::ZERO);
+        outcome(Duration::ZERO, "acquired");
+    }
+    .instrument(span);
+    // The instrumented future is ready at its first poll.
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::noop();
+    let _ = fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker));
+    released(Kind::Lease, Duration::ZERO);
+    notify_sent();
+}

@@ -12,7 +12,7 @@
 //! Options: `--quick`; `--runs N` (runs per case, the median is reported);
 //! `--secs S` (seconds per throughput case); `--only a,b` (cases whose name
 //! contains one of these: lease, renew, claim, semaphore, advisory, handoff,
-//! bigpool, wakeup, many-advisory, keepalive); `--durability
+//! bigpool, wakeup, many-advisory, keepalive, metrics); `--durability
 //! production|fast|both`; `--items N` (size of the big pool, default
 //! 1,000,000; 200,000 with `--quick`); `--no-charts`.
 //!
@@ -30,6 +30,7 @@ mod chart;
 mod handoff;
 mod keepalive;
 mod many;
+mod overhead;
 mod stats;
 mod wakeup;
 
@@ -244,6 +245,9 @@ async fn main() {
             }
             if ctx.wants("bigpool") {
                 bigpool::run(&mut ctx).await;
+            }
+            if ctx.wants("metrics") {
+                overhead::run(&mut ctx);
             }
         }
         ctx.pool.close().await;
