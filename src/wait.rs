@@ -314,7 +314,11 @@ impl Drop for Mark {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (db, p, w) = (self.db.clone(), std::mem::take(&mut self.payload), self.waiter);
+        let (db, p, w) = (
+            self.db.clone(),
+            std::mem::take(&mut self.payload),
+            self.waiter,
+        );
         rt.spawn(async move {
             let gone = db
                 .fetch_all(Repeat::Safe, &db.sql.wait_unmark, move |q| {
@@ -454,7 +458,11 @@ where
     let mut mark = mark
         .filter(|_| hub.listens())
         .map(|db| Mark::new(db, topic_name));
-    let queue = if mark.is_some() { &topic.one } else { &topic.notify };
+    let queue = if mark.is_some() {
+        &topic.one
+    } else {
+        &topic.notify
+    };
     // Registered before each look, so a wake-up sent during the look is
     // kept; renewed only once it fired, so that a waiter keeps its place
     // in `queue` (FIFO) across the looks its own timer sends.

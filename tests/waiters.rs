@@ -88,11 +88,17 @@ async fn a_release_with_a_waiter_notifies_it_and_the_waiter_leaves_no_mark() {
             let n = n.clone();
             async move { b.lease(&n).timeout(Duration::from_secs(30)).acquire().await }
         });
-        eventually(10, "the waiter marked itself", || async { marks(&t).await == 1 }).await;
+        eventually(10, "the waiter marked itself", || async {
+            marks(&t).await == 1
+        })
+        .await;
         a.release().await.unwrap();
         let b = waiter.await.unwrap().expect("woken by the release");
         assert_eq!(first_payload(&t, &mut l).await, n.clone());
-        eventually(10, "the waiter removed its mark", || async { marks(&t).await == 0 }).await;
+        eventually(10, "the waiter removed its mark", || async {
+            marks(&t).await == 0
+        })
+        .await;
         // Nobody waits now: the next release is silent.
         b.release().await.unwrap();
         assert_eq!(first_payload(&t, &mut l).await, "sentinel");
@@ -112,7 +118,10 @@ async fn a_cancelled_or_timed_out_waiter_leaves_no_mark_and_no_lock() {
             let n = n.clone();
             async move { b.lease(&n).acquire().await }
         });
-        eventually(10, "the waiter marked itself", || async { marks(&t).await == 1 }).await;
+        eventually(10, "the waiter marked itself", || async {
+            marks(&t).await == 1
+        })
+        .await;
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
         eventually(10, "the cancelled waiter's mark is gone", || async {
@@ -132,10 +141,13 @@ async fn a_cancelled_or_timed_out_waiter_leaves_no_mark_and_no_lock() {
             marks(&t).await == 0
         })
         .await;
-        // pglock's advisory lock class is held by nobody.
+        // The topic's advisory lock (pglock's class, the payload's hash) is
+        // held by nobody.
         let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885826155",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885826155 \
+             AND objsubid = 2 AND objid::int8 = (hashtext($1)::int8 & 4294967295)",
         )
+        .bind(format!("{}:{n}", t.schema))
         .fetch_one(&t.pool)
         .await
         .unwrap();
@@ -191,13 +203,19 @@ async fn pool_and_semaphore_waiters_are_notified_by_a_release() {
         let p = t.other("b").lease_pool(format!("p-{n}"));
         async move { p.claim().timeout(Duration::from_secs(30)).acquire().await }
     });
-    eventually(10, "the claimer marked itself", || async { marks(&t).await == 1 }).await;
+    eventually(10, "the claimer marked itself", || async {
+        marks(&t).await == 1
+    })
+    .await;
     item.release().await.unwrap();
     let claimed = claimer.await.unwrap().unwrap();
     let woke = format!("\u{1f}p-{n}");
     assert_eq!(first_payload(&t, &mut l).await, woke);
     claimed.release().await.unwrap();
-    eventually(10, "the claimer removed its mark", || async { marks(&t).await == 0 }).await;
+    eventually(10, "the claimer removed its mark", || async {
+        marks(&t).await == 0
+    })
+    .await;
     // The claimer's own release may have notified (its mark lived on until
     // its removal ran).
     drain(&t, &mut l).await;
@@ -223,4 +241,60 @@ async fn pool_and_semaphore_waiters_are_notified_by_a_release() {
         seen.push(first_payload(&t, &mut l).await);
     }
     got.release().await.unwrap();
+}
+
+/// Whether a lease acquire statement ended after the latest mark was
+/// written: the newest waiter has made the look that follows its mark.
+async fn looked_after_latest_mark(t: &TestDb) -> bool {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                         WHERE state = 'idle' AND query LIKE 'WITH cur AS%'
+                           AND state_change > (SELECT max(until) FROM \"{}\".waiters) - interval '20 s')",
+        t.schema
+    )))
+    .fetch_one(&t.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_one_process_get_the_lease_in_the_order_they_queued() {
+    for _ in 0..20 {
+        let t = db().await;
+        let n = name();
+        let a = held_for(&t.locks, &n, LONG).await;
+        let b = t.other("b");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..4i64 {
+            tokio::spawn({
+                let (b, n, tx) = (b.clone(), n.clone(), tx.clone());
+                async move {
+                    let l = b
+                        .lease(&n)
+                        .ttl(LONG)
+                        .timeout(Duration::from_secs(30))
+                        .acquire()
+                        .await
+                        .unwrap();
+                    tx.send(i).unwrap();
+                    l.release().await.unwrap();
+                }
+            });
+            // Queued: marked, and its look after the mark is done.
+            eventually(10, "the waiter marked itself", || async {
+                marks(&t).await == i + 1
+            })
+            .await;
+            eventually(10, "the waiter looked again", || {
+                looked_after_latest_mark(&t)
+            })
+            .await;
+        }
+        a.release().await.unwrap();
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(order, [0, 1, 2, 3], "FIFO among the waiters of one process");
+    }
 }

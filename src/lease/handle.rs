@@ -253,7 +253,10 @@ impl LeaseRef {
             }
         };
         // Only the LISTEN connection can fail here: try again shortly.
-        while until_done(&db.hub, None, &topic, look, changed).await.is_err() {
+        while until_done(&db.hub, None, &topic, look, changed)
+            .await
+            .is_err()
+        {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
