@@ -317,7 +317,13 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
                 .await
                 .unwrap();
         let s = Instant::now();
-        sqlx::query(sqlx::AssertSqlSafe(sql.lease_release.clone()))
+        // Always notifies (the raw waiter does not mark itself).
+        let rel = &sql.lease_release;
+        let rel = format!(
+            "{}RETURNING pg_notify('pglock', $5)::text",
+            &rel[..rel.rfind("RETURNING").expect("a RETURNING clause")]
+        );
+        sqlx::query(sqlx::AssertSqlSafe(rel))
             .bind("")
             .bind(&name)
             .bind(token)

@@ -12,7 +12,7 @@
 //! | `pglock_lost_total` | counter | `kind` | leases found lost while held |
 //! | `pglock_renew_failures_total` | counter | | leases whose renewal statement failed |
 //! | `pglock_give_backs_total` | counter | | takings given back because their caller was gone |
-//! | `pglock_notifies_total` | counter | | release statements sent with a NOTIFY payload |
+//! | `pglock_notifies_total` | counter | | release statements that sent a NOTIFY (someone was waiting) |
 //!
 //! `kind` is `lease`, `pool_item`, `permit` or `advisory`. The span of an
 //! acquire is `pglock.acquire` (`pglock.try_acquire` for one look) with the
@@ -37,7 +37,7 @@ pub const LOST: &str = "pglock_lost_total";
 pub const RENEW_FAILURES: &str = "pglock_renew_failures_total";
 /// Takings given back for a caller that was gone.
 pub const GIVE_BACKS: &str = "pglock_give_backs_total";
-/// Release statements sent with a NOTIFY.
+/// Release statements that sent a NOTIFY (a waiter had marked itself).
 pub const NOTIFIES: &str = "pglock_notifies_total";
 
 /// What was taken: the `kind` label.
@@ -127,7 +127,7 @@ pub(crate) fn gave_back() {
     counter!(GIVE_BACKS).increment(1);
 }
 
-/// A release statement carried a NOTIFY.
+/// A release statement sent a NOTIFY.
 pub(crate) fn notify_sent() {
     counter!(NOTIFIES).increment(1);
 }

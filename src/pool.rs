@@ -335,8 +335,8 @@ pub(crate) async fn claim(
     let what = || format!("an item of pool {pool:?}");
     let topic = scope.free_topic("");
     let look = || claim_look(locks, scope, terms, max_slot);
-    let (hub, kind) = (&locks.db().hub, (scope.kind(), pool));
-    wait::acquire(hub, kind, &topic, terms.timeout, what, look).await
+    let kind = (scope.kind(), pool);
+    wait::acquire(locks.db(), kind, &topic, terms.timeout, what, look).await
 }
 
 /// One look: an item, how long until one may be free, or

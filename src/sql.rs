@@ -106,14 +106,16 @@ UPDATE {s}.leases
 RETURNING expires_at, release_requested";
 
 /// Let go of a plain lease, if it is still ours (by owner id and token), and
-/// wake its waiters. Idempotent: a repeat after success (the token is
-/// unchanged and nobody holds it) succeeds again.
+/// wake its waiters: `{s}.wake($5)` sends the NOTIFY only when a waiter has
+/// marked itself ([`WAIT_MARK`]), and says whether it did. Idempotent: a
+/// repeat after success (the token is unchanged and nobody holds it)
+/// succeeds again.
 const LEASE_RELEASE: &str = "\
 UPDATE {s}.leases
    SET owner = NULL, expires_at = NULL, release_requested = false,
        updated_at = clock_timestamp()
  WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR owner IS NULL)
-RETURNING pg_notify('pglock', $5)::text";
+RETURNING {s}.wake($5)";
 
 /// Put a pool item back, if it is still ours: it goes to the end of the
 /// free order, and the pool's floor and version move so that no concurrent
@@ -129,7 +131,7 @@ WITH rel AS (
     UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT seq FROM rel)), version = version + 1
      WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
 )
-SELECT pg_notify('pglock', $5)::text FROM rel";
+SELECT {s}.wake($5) FROM rel";
 
 /// Mark a pool item done for good, if it is still ours. No NOTIFY: a
 /// completion frees nothing to claim, and every NOTIFY serializes commits on
@@ -154,7 +156,7 @@ INSERT INTO {s}.leases AS l (pool, name) VALUES ('', $1)
 ON CONFLICT (pool, name) DO UPDATE
    SET owner = NULL, expires_at = NULL, updated_at = clock_timestamp()
  WHERE l.owner = $2
-RETURNING pg_notify('pglock', $3)::text";
+RETURNING {s}.wake($3)";
 
 /// Undo a claim whose caller went away before reading the answer: put back
 /// whichever item this owner id got, as a release does.
@@ -169,7 +171,7 @@ WITH rel AS (
     UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT min(seq) FROM rel)), version = version + 1
      WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
 )
-SELECT pg_notify('pglock', $4)::text FROM rel";
+SELECT {s}.wake($4) FROM rel";
 
 /// The fence check, through the function other languages call too
 /// (`$1` pool, `$2` name, `$3` token): raises PGL01 unless the token holds
@@ -186,6 +188,17 @@ const LEASE_FENCE: &str = "SELECT {s}.fence($1, $2, $3)::text";
 /// it.
 const SET_FENCE: &str =
     "SELECT {s}.fence(u.n, u.t)::text FROM unnest($1::text[], $2::int8[]) AS u(n, t)";
+
+/// Mark a waiter (`$2`, a uuid per wait) of the NOTIFY payload `$1` for
+/// `$3` milliseconds: releases of that topic send their NOTIFY while a mark
+/// lives (see `migrations/0004_waiters.sql` for why no wake-up is lost
+/// between the mark and a release). Sent once the first look failed and the
+/// LISTEN is in place, before the next look; renewed while waiting.
+const WAIT_MARK: &str = "SELECT {s}.wait_mark($1, $2, $3)::text";
+
+/// Remove a waiter's mark (`$1` payload, `$2` waiter) when it stops
+/// waiting, and the marks of that topic that have aged out (dead waiters).
+const WAIT_UNMARK: &str = "SELECT {s}.wait_unmark($1, $2)::text";
 
 /// Wake the waiters and observers of a lease (`$1` its payload): a new
 /// election leader announces itself with it (an acquire sends no NOTIFY).
@@ -217,7 +230,7 @@ WITH rel AS (
     UPDATE {s}.pools SET free_floor = least(free_floor, (SELECT seq FROM rel)), version = version + 1
      WHERE name = $1 AND EXISTS (SELECT 1 FROM rel)
 )
-SELECT token, holder, pg_notify('pglock', $3)::text FROM rel";
+SELECT token, holder, {s}.wake($3) FROM rel";
 
 /// The columns of a lease row that [`LEASE_GET`] and [`LEASE_LIST`] show.
 macro_rules! lease_row {
@@ -297,6 +310,8 @@ pub struct Statements {
     pub rate_take: String,
     pub migrations_applied: String,
     pub lease_gc: String,
+    pub wait_mark: String,
+    pub wait_unmark: String,
 }
 
 impl Statements {
@@ -326,6 +341,8 @@ impl Statements {
             rate_take: s(RATE_TAKE),
             migrations_applied: s(MIGRATIONS_APPLIED),
             lease_gc: s(LEASE_GC),
+            wait_mark: s(WAIT_MARK),
+            wait_unmark: s(WAIT_UNMARK),
         }
     }
 }
@@ -394,6 +411,8 @@ mod tests {
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),
             ("gc", &st.lease_gc),
+            ("wait mark", &st.wait_mark),
+            ("wait unmark", &st.wait_unmark),
         ];
         for (name, sql) in statements {
             assert!(

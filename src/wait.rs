@@ -2,11 +2,16 @@
 //! by every task that waits for a lease or a pool item.
 //!
 //! Release, force-release and request-release send
-//! `NOTIFY pglock, '<schema>:<name>'` in the same statement as the change.
-//! The hub's task receives it and wakes the waiters of that name (and only
-//! them). A waiter ([`until_done`]) subscribes after its first look fails
-//! and before every later look, so a release between a look and the sleep
-//! that follows is never missed. The connection is opened
+//! `NOTIFY pglock, '<schema>:<name>'` in the same statement as the change;
+//! release and force-release only when a waiter has marked itself in
+//! `<schema>.waiters` ([`Mark`]), since every NOTIFY serializes commits on
+//! the server. The hub's task receives it and wakes the waiters of that
+//! name (and only them). A waiter ([`until_done`]) subscribes after its
+//! first look fails, then marks itself, and re-arms its wake-up before
+//! every later look, so a release between a look and the sleep that
+//! follows is never missed. It removes its mark when it stops waiting (done,
+//! timed out or cancelled: in a task, from `Drop`); a mark whose removal was
+//! lost ages out after [`MARK_TTL`]. The connection is opened
 //! on first need, beside the caller's pool, and reopened if it drops; after a
 //! reconnect every waiter is woken once, since notifications sent while the
 //! connection was down are lost.
@@ -27,6 +32,7 @@ use tokio::time::Instant;
 
 use tracing::Instrument;
 
+use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Kind};
 use crate::sql::CHANNEL;
@@ -55,7 +61,14 @@ struct HubState {
 /// What one name's waiters wait on.
 #[derive(Debug, Default)]
 pub(crate) struct Topic {
+    /// Every NOTIFY wakes all of these: holders waiting for a release
+    /// request, election observers.
     pub(crate) notify: Notify,
+    /// Acquirers (lease, claim, permit): every NOTIFY wakes one of them,
+    /// the longest registered (tokio's `notify_one` is FIFO), so a release
+    /// sends one waiter of this process to look instead of all (a dropped
+    /// waiter passes its wake-up on to the next).
+    pub(crate) one: Notify,
 }
 
 impl Hub {
@@ -138,6 +151,7 @@ impl HubState {
             .and_then(Weak::upgrade);
         if let Some(t) = topic {
             t.notify.notify_waiters();
+            t.one.notify_one();
         }
     }
 
@@ -151,6 +165,7 @@ impl HubState {
             .collect();
         for t in topics {
             t.notify.notify_waiters();
+            t.one.notify_waiters();
         }
     }
 }
@@ -237,6 +252,86 @@ fn connection_lost(e: &Error) -> bool {
     }
 }
 
+/// How long a waiter's mark counts without renewal: a waiter that died
+/// costs releases of its topic a NOTIFY nobody hears for at most this long.
+pub(crate) const MARK_TTL: Duration = Duration::from_secs(20);
+
+/// A waiter renews its mark once it is this old (it wakes for it if
+/// nothing else wakes it first).
+const MARK_RENEW: Duration = Duration::from_secs(8);
+
+/// One waiter's mark in `<schema>.waiters`: while it lives, releases of its
+/// topic send their NOTIFY. Dropped, it is removed (in a task).
+pub(crate) struct Mark {
+    db: Arc<Db>,
+    payload: String,
+    waiter: uuid::Uuid,
+    /// When the mark was last written (by the client clock: renewed well
+    /// before the server would let it age out).
+    at: Option<Instant>,
+    /// A write was sent (it may have committed even if its answer never
+    /// came): removed on drop.
+    sent: bool,
+}
+
+impl Mark {
+    fn new(db: &Arc<Db>, topic: &str) -> Mark {
+        Mark {
+            db: db.clone(),
+            payload: payload(&db.schema, topic),
+            waiter: uuid::Uuid::new_v4(),
+            at: None,
+            sent: false,
+        }
+    }
+
+    /// Whether the mark is written and not yet due for renewal.
+    fn live(&self) -> bool {
+        self.at.is_some_and(|t| t.elapsed() < MARK_RENEW)
+    }
+
+    /// Writes (or renews) the mark, in one statement.
+    async fn write(&mut self) -> Result<()> {
+        let sent = Instant::now();
+        let ttl_ms = MARK_TTL.as_millis() as i64;
+        let (p, w) = (self.payload.clone(), self.waiter);
+        self.sent = true;
+        self.db
+            .fetch_optional(Repeat::Safe, &self.db.sql.wait_mark, move |q| {
+                q.bind(p.clone()).bind(w).bind(ttl_ms)
+            })
+            .await?;
+        self.at = Some(sent);
+        Ok(())
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        if !self.sent {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (db, p, w) = (
+            self.db.clone(),
+            std::mem::take(&mut self.payload),
+            self.waiter,
+        );
+        rt.spawn(async move {
+            let gone = db
+                .fetch_all(Repeat::Safe, &db.sql.wait_unmark, move |q| {
+                    q.bind(p.clone()).bind(w)
+                })
+                .await;
+            if let Err(e) = gone {
+                tracing::debug!(error = %e, "could not remove a waiter's mark; it ages out");
+            }
+        });
+    }
+}
+
 /// What one look at the database found.
 pub(crate) enum Look<T> {
     /// Got it.
@@ -255,7 +350,7 @@ pub(crate) enum Look<T> {
 /// Each acquire runs in a `pglock.acquire` span and is counted
 /// ([`crate::metrics`]).
 pub(crate) async fn acquire<T, F, Fut>(
-    hub: &Hub,
+    db: &Arc<Db>,
     (kind, name): (Kind, &str),
     topic: &str,
     timeout: Option<Duration>,
@@ -276,7 +371,7 @@ where
     let wait = within(
         timeout,
         what,
-        until_done(hub, topic, counted, std::future::pending),
+        until_done(&db.hub, Some(db), topic, counted, std::future::pending),
     );
     observe((kind, name), wait).await
 }
@@ -336,12 +431,17 @@ pub(crate) async fn try_once<T>(
 /// for (at most [`MAX_WAIT`], plus jitter) has passed. Subscribes only after
 /// a first look failed, and looks once more right after subscribing, so a
 /// wake-up sent between the two is never missed and an uncontended wait
-/// starts no LISTEN connection. The first look's errors are returned; after
-/// it, a look that loses its connection (see [`connection_lost`]) is
-/// repeated until the caller's timeout, so a waiter rides over a failover.
+/// starts no LISTEN connection. With `mark` (and a LISTEN), the waiter
+/// marks itself ([`Mark`]) after subscribing and before its next look, so
+/// that releases notify it; without, it is woken only by statements that
+/// always notify (request-release). The first look's errors are returned;
+/// after it, a look (or mark) that loses its connection (see
+/// [`connection_lost`]) is repeated until the caller's timeout, so a waiter
+/// rides over a failover.
 pub(crate) async fn until_done<T, F, Fut, L, LFut>(
     hub: &Hub,
-    topic: &str,
+    mark: Option<&Arc<Db>>,
+    topic_name: &str,
     mut attempt: F,
     mut local: L,
 ) -> Result<T>
@@ -354,16 +454,37 @@ where
     if let Look::Done(v) = attempt().await? {
         return Ok(v);
     }
-    let topic = hub.subscribe(topic).await?;
+    let topic = hub.subscribe(topic_name).await?;
+    let mut mark = mark
+        .filter(|_| hub.listens())
+        .map(|db| Mark::new(db, topic_name));
+    let queue = if mark.is_some() {
+        &topic.one
+    } else {
+        &topic.notify
+    };
+    // Registered before each look, so a wake-up sent during the look is
+    // kept; renewed only once it fired, so that a waiter keeps its place
+    // in `queue` (FIFO) across the looks its own timer sends.
+    let mut notified = std::pin::pin!(queue.notified());
+    notified.as_mut().enable();
     loop {
-        let notified = topic.notify.notified();
-        let mut notified = std::pin::pin!(notified);
-        notified.as_mut().enable();
         let local = local();
+        // Written before the look: see migrations/0004_waiters.sql.
+        let marked = match &mut mark {
+            Some(m) if !m.live() => match m.write().await {
+                Ok(()) => true,
+                Err(e) if connection_lost(&e) => false,
+                Err(e) => return Err(e),
+            },
+            Some(_) => true,
+            None => false,
+        };
         let sleep = match attempt().await {
             Ok(Look::Done(v)) => return Ok(v),
             Ok(Look::Again(d)) => Some(d.min(MAX_WAIT) + jitter()),
-            Ok(Look::WhenWoken) if hub.listens() => None,
+            Ok(Look::WhenWoken) if marked => Some(MARK_RENEW),
+            Ok(Look::WhenWoken) if hub.listens() && mark.is_none() => None,
             Ok(Look::WhenWoken) => Some(MAX_WAIT + jitter()),
             // The server went away under a waiter (a failover, a restart,
             // a terminated backend): look again on a new connection. Safe:
@@ -383,7 +504,10 @@ where
             }
         };
         tokio::select! {
-            _ = notified => {}
+            _ = notified.as_mut() => {
+                notified.set(queue.notified());
+                notified.as_mut().enable();
+            }
             _ = local => {}
             _ = sleep => {}
         }

@@ -48,10 +48,14 @@ fn record(imp: &str, waiters: usize, lat: Vec<Duration>) -> Record {
 
 async fn raw(ctx: &mut Ctx, locks: &Locks, waiters: usize, rounds: usize) {
     let sql = locks.__statements();
-    let (acq, rel) = (
-        Arc::new(sql.lease_acquire.clone()),
-        sql.lease_release.clone(),
+    // The floor's release always notifies (its waiters do not mark
+    // themselves): pglock's release with a bare pg_notify.
+    let rel = &sql.lease_release;
+    let rel = format!(
+        "{}RETURNING pg_notify('pglock', $5)::text",
+        &rel[..rel.rfind("RETURNING").expect("a RETURNING clause")]
     );
+    let acq = Arc::new(sql.lease_acquire.clone());
     let (names, _) = broadcast::channel::<String>(rounds + 1);
     let (won_tx, mut won) = mpsc::unbounded_channel::<Instant>();
     let (done_tx, mut done) = mpsc::unbounded_channel::<()>();

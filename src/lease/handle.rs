@@ -253,7 +253,10 @@ impl LeaseRef {
             }
         };
         // Only the LISTEN connection can fail here: try again shortly.
-        while until_done(&db.hub, &topic, look, changed).await.is_err() {
+        while until_done(&db.hub, None, &topic, look, changed)
+            .await
+            .is_err()
+        {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -274,9 +277,9 @@ impl LeaseRef {
             })
             .await?;
         s.mark_lost_quiet();
-        if row.is_some() {
+        if let Some(row) = &row {
             metrics::released(s.id.scope.kind(), s.taken_at.elapsed());
-            if notify {
+            if notify && row.try_get::<Option<bool>, _>(0).ok().flatten() == Some(true) {
                 metrics::notify_sent();
             }
         }

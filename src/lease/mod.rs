@@ -287,10 +287,10 @@ impl LeaseRequest {
     pub async fn acquire(self) -> Result<Lease> {
         self.validate()?;
         let what = || format!("lease {:?}", self.name);
-        let hub = &self.locks.db().hub;
+        let db = self.locks.db();
         let (timeout, look) = (self.terms.timeout, || self.attempt());
         wait::acquire(
-            hub,
+            db,
             (Kind::Lease, &self.name),
             &self.name,
             timeout,

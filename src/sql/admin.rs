@@ -20,6 +20,8 @@ WITH old AS (
     DELETE FROM {s}.leases l USING old
      WHERE l.pool = old.pool AND l.name = old.name
     RETURNING 1
+), aged AS (
+    DELETE FROM {s}.waiters WHERE until < clock_timestamp()
 )
 SELECT count(*) FROM gone";
 
