@@ -13,7 +13,7 @@ use crate::convert;
 use crate::errors::{foreign, invalid, to_py};
 use crate::lease::raised;
 use crate::locks::Locks;
-use crate::request::Entered;
+use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
 
 /// What a request locks: one key, or a set.
@@ -103,8 +103,7 @@ fn key_of(key: &Bound<'_, PyAny>) -> PyResult<(pglock::AdvisoryKey, String)> {
 /// `entered: Entered<AdvisoryGuard>`; further methods go in the braces.
 macro_rules! locking_methods {
     ($ty:ty { $($extra:tt)* }) => {
-        #[pymethods]
-        impl $ty {
+        entering_methods!($ty, lock, AdvisoryGuard, "advisory_enter", {
             /// Waits for the lock (up to `timeout` seconds, else `Timeout`).
             #[pyo3(signature = (*, timeout = None))]
             fn lock<'py>(
@@ -130,41 +129,8 @@ macro_rules! locking_methods {
                 })
             }
 
-            fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, AdvisoryGuard>> {
-                let g = self.lock(py, None)?;
-                self.entered.push(g.clone().unbind());
-                Ok(g)
-            }
-
-            #[pyo3(signature = (*exc))]
-            fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-                let g = self.entered.pop()?;
-                AdvisoryGuard::__exit__(g.bind(py), exc)
-            }
-
-            fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-                slf.py()
-                    .import("pglock._aio")?
-                    .call_method1("advisory_enter", (slf,))
-            }
-
-            #[pyo3(signature = (*exc))]
-            fn __aexit__<'py>(
-                &self,
-                py: Python<'py>,
-                exc: &Bound<'py, PyTuple>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let g = self.entered.pop()?;
-                AdvisoryGuard::__aexit__(g.bind(py), exc)
-            }
-
-            /// Internal: remembers a guard taken by `async with`.
-            fn _push(&self, g: Py<AdvisoryGuard>) {
-                self.entered.push(g);
-            }
-
             $($extra)*
-        }
+        });
     };
 }
 
@@ -438,7 +404,7 @@ impl AdvisoryGuard {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    pub(crate) fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         let raised = raised(exc)?;
         let result = slf.get().release(slf.py());
         match result {
@@ -453,7 +419,7 @@ impl AdvisoryGuard {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
+    pub(crate) fn __aexit__<'py>(
         slf: &Bound<'py, Self>,
         exc: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {

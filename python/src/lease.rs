@@ -550,7 +550,7 @@ impl Lease {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    pub(crate) fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         Lease::exit(slf, raised(exc)?)
     }
 
@@ -560,7 +560,7 @@ impl Lease {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
+    pub(crate) fn __aexit__<'py>(
         slf: &Bound<'py, Self>,
         exc: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {

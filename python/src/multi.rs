@@ -13,7 +13,7 @@ use crate::errors::{foreign, invalid, to_py};
 use crate::held::Held;
 use crate::lease::{Acquired, FenceSql, Lease, fence_sql, raised, within};
 use crate::locks::Locks;
-use crate::request::Entered;
+use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
 
 /// The fence of a set (`$1` names, `$2` tokens): the crate's one-statement
@@ -112,8 +112,7 @@ impl LeaseAll {
     }
 }
 
-#[pymethods]
-impl LeaseAll {
+entering_methods!(LeaseAll, acquire, LeaseSet, "request_enter", {
     /// Waits for every lease (up to `timeout` seconds for the whole set,
     /// else `Timeout`, with nothing held).
     #[pyo3(signature = (*, timeout = None))]
@@ -143,39 +142,6 @@ impl LeaseAll {
         })
     }
 
-    fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LeaseSet>> {
-        let set = self.acquire(py, None)?;
-        self.entered.push(set.clone().unbind());
-        Ok(set)
-    }
-
-    #[pyo3(signature = (*exc))]
-    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        let set = self.entered.pop()?;
-        LeaseSet::__exit__(set.bind(py), exc)
-    }
-
-    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("pglock._aio")?
-            .call_method1("request_enter", (slf,))
-    }
-
-    #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
-        &self,
-        py: Python<'py>,
-        exc: &Bound<'py, PyTuple>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let set = self.entered.pop()?;
-        LeaseSet::__aexit__(set.bind(py), exc)
-    }
-
-    /// Internal: remembers a set taken by `async with`.
-    fn _push(&self, set: Py<LeaseSet>) {
-        self.entered.push(set);
-    }
-
     /// The names as given.
     #[getter]
     fn names(&self) -> Vec<String> {
@@ -185,7 +151,7 @@ impl LeaseAll {
     fn __repr__(&self) -> String {
         format!("<pglock.LeaseAll {:?}>", self.names)
     }
-}
+});
 
 /// A held set of leases, each kept alive by the Rust core. Leaving its
 /// `with` block (or `release()`) releases them all; garbage collection
@@ -409,7 +375,7 @@ impl LeaseSet {
     /// Releases every lease; raises `LeaseLost` if one was lost while the
     /// block ran (unless the block raised).
     #[pyo3(signature = (*exc))]
-    fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    pub(crate) fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         let raised = raised(exc)?;
         let py = slf.py();
         let me = slf.get();
@@ -425,7 +391,7 @@ impl LeaseSet {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
+    pub(crate) fn __aexit__<'py>(
         slf: &Bound<'py, Self>,
         exc: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {

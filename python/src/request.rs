@@ -58,14 +58,13 @@ impl<T> Entered<T> {
     }
 }
 
-/// `acquire`, `try_acquire`, their `a…` forms and `with`/`async with` for a
-/// class with `fn req(&self, py, timeout) -> PyResult<(Req, FenceSql)>` and
-/// an `entered: Entered<Lease>`; further methods of the class go in braces
-/// after its name (one `#[pymethods]` block per class).
+/// `acquire`, `try_acquire`, their `a…` forms and `with`/`async with`
+/// ([`entering_methods!`]) for a class with `fn req(&self, py, timeout) ->
+/// PyResult<(Req, FenceSql)>` and an `entered: Entered<Lease>`; further
+/// methods of the class go in braces after its name.
 macro_rules! acquiring_methods {
     ($ty:ty { $($extra:tt)* }) => {
-        #[pymethods]
-        impl $ty {
+        $crate::request::entering_methods!($ty, acquire, $crate::lease::Lease, "request_enter", {
             /// Waits (up to `timeout` seconds, else `Timeout`).
             #[pyo3(signature = (*, timeout = None))]
             fn acquire<'py>(
@@ -118,10 +117,25 @@ macro_rules! acquiring_methods {
                 })
             }
 
+            $($extra)*
+        });
+    };
+}
+pub(crate) use acquiring_methods;
+
+/// `with` / `async with` on a request class: `__enter__` calls
+/// `self.$take(py, None)` and remembers what it took (a `$held`) in
+/// `self.entered`; `__exit__` / `__aexit__` hand it to `$held`'s own;
+/// `__aenter__` is `pglock._aio.$aenter`. The class's other methods go in
+/// the braces (one `#[pymethods]` block per class).
+macro_rules! entering_methods {
+    ($ty:ty, $take:ident, $held:ty, $aenter:literal, { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $ty {
             fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let lease = self.acquire(py, None)?;
-                self._push(lease.cast::<$crate::lease::Lease>()?.clone().unbind());
-                Ok(lease)
+                let taken = self.$take(py, None)?.into_any();
+                self.entered.push(taken.cast::<$held>()?.clone().unbind());
+                Ok(taken)
             }
 
             #[pyo3(signature = (*exc))]
@@ -130,14 +144,11 @@ macro_rules! acquiring_methods {
                 py: Python<'_>,
                 exc: &Bound<'_, pyo3::types::PyTuple>,
             ) -> PyResult<bool> {
-                let lease = self.entered.pop()?;
-                $crate::lease::Lease::exit(lease.bind(py), $crate::lease::raised(exc)?)
+                <$held>::__exit__(self.entered.pop()?.bind(py), exc)
             }
 
             fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-                slf.py()
-                    .import("pglock._aio")?
-                    .call_method1("request_enter", (slf,))
+                slf.py().import("pglock._aio")?.call_method1($aenter, (slf,))
             }
 
             #[pyo3(signature = (*exc))]
@@ -146,17 +157,16 @@ macro_rules! acquiring_methods {
                 py: Python<'py>,
                 exc: &Bound<'py, pyo3::types::PyTuple>,
             ) -> PyResult<Bound<'py, PyAny>> {
-                let lease = self.entered.pop()?;
-                $crate::lease::Lease::aexit(lease.bind(py), $crate::lease::raised(exc)?)
+                <$held>::__aexit__(self.entered.pop()?.bind(py), exc)
             }
 
-            /// Internal: remembers a lease taken by `async with`.
-            fn _push(&self, lease: Py<$crate::lease::Lease>) {
-                self.entered.push(lease);
+            /// Internal: remembers what `async with` took.
+            fn _push(&self, taken: Py<$held>) {
+                self.entered.push(taken);
             }
 
             $($extra)*
         }
     };
 }
-pub(crate) use acquiring_methods;
+pub(crate) use entering_methods;
