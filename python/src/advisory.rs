@@ -11,7 +11,7 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::convert;
 use crate::errors::{foreign, invalid, to_py};
-use crate::lease::raised;
+use crate::lease::{raised, ready};
 use crate::locks::Locks;
 use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
@@ -414,8 +414,7 @@ impl AdvisoryGuard {
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.clone().unbind();
-        awaitable(slf.py(), async move { Ok(this) })
+        ready(slf)
     }
 
     #[pyo3(signature = (*exc))]

@@ -140,6 +140,25 @@ acquiring_methods!(LeaseRequest {
     }
 });
 
+/// `pglock._fence.<how>(fenced, conn)`: a fence (`"fence"`) or its
+/// awaitable (`"afence"`) on the caller's own connection.
+pub(crate) fn fence_via<'py>(
+    fenced: &Bound<'py, PyAny>,
+    conn: &Bound<'py, PyAny>,
+    how: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    fenced
+        .py()
+        .import("pglock._fence")?
+        .call_method1(how, (fenced, conn))
+}
+
+/// `__aenter__` of a held thing: an awaitable that gives `slf` back.
+pub(crate) fn ready<'py, T>(slf: &Bound<'py, T>) -> PyResult<Bound<'py, PyAny>> {
+    let this = slf.clone().into_any().unbind();
+    awaitable(slf.py(), async move { Ok(this) })
+}
+
 /// Whether `__exit__`'s arguments carry an exception.
 pub(crate) fn raised(exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
     Ok(match exc.len() {
@@ -474,10 +493,7 @@ impl Lease {
     /// ends. Accepts a psycopg 3 connection or cursor, a psycopg2 connection
     /// or cursor, a SQLAlchemy `Connection` or `Session`.
     fn fence(slf: &Bound<'_, Self>, conn: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("fence", (slf, conn))?;
-        Ok(())
+        fence_via(slf.as_any(), conn, "fence").map(drop)
     }
 
     /// `await lease.afence(conn)` for a psycopg `AsyncConnection` or `AsyncCursor`.
@@ -485,9 +501,7 @@ impl Lease {
         slf: &Bound<'py, Self>,
         conn: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("afence", (slf, conn))
+        fence_via(slf.as_any(), conn, "afence")
     }
 
     /// Internal: the fence statement's SQL (`$1` pool, `$2` name, `$3`
@@ -555,8 +569,7 @@ impl Lease {
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.clone().unbind();
-        awaitable(slf.py(), async move { Ok(this) })
+        ready(slf)
     }
 
     #[pyo3(signature = (*exc))]

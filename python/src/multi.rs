@@ -11,7 +11,7 @@ use crate::advisory::members;
 use crate::convert;
 use crate::errors::{foreign, invalid, to_py};
 use crate::held::Held;
-use crate::lease::{Acquired, FenceSql, Lease, fence_sql, raised, within};
+use crate::lease::{Acquired, FenceSql, Lease, fence_sql, fence_via, raised, ready, within};
 use crate::locks::Locks;
 use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
@@ -302,10 +302,7 @@ impl LeaseSet {
     /// newer holder from committing before that transaction ends. Accepts
     /// what `Lease.fence` accepts; `LeaseLost` naming a lease that is gone.
     fn fence(slf: &Bound<'_, Self>, conn: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("fence", (slf, conn))?;
-        Ok(())
+        fence_via(slf.as_any(), conn, "fence").map(drop)
     }
 
     /// `await set.afence(conn)` for a psycopg `AsyncConnection` or `AsyncCursor`.
@@ -313,9 +310,7 @@ impl LeaseSet {
         slf: &Bound<'py, Self>,
         conn: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("afence", (slf, conn))
+        fence_via(slf.as_any(), conn, "afence")
     }
 
     /// Internal: the set fence's SQL (`$1` names, `$2` tokens) and
@@ -386,8 +381,7 @@ impl LeaseSet {
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.clone().unbind();
-        awaitable(slf.py(), async move { Ok(this) })
+        ready(slf)
     }
 
     #[pyo3(signature = (*exc))]
