@@ -122,7 +122,7 @@ def main() -> None:
                 owner = uuid.uuid4()
                 row = conn.execute(
                     acquire_sql,
-                    {"p1": name, "p2": owner, "p3": "bench", "p4": 30_000, "p5": None},
+                    {"p1": name, "p2": owner, "p3": "bench", "p4": 30_000, "p5": None, "p6": None},
                     prepare=True,
                 ).fetchone()
                 assert row[0]

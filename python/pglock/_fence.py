@@ -1,16 +1,18 @@
-"""``lease.fence(conn)`` on the caller's own connection: psycopg 3
+"""``lease.fence(conn)`` (and ``lease_set.fence(conn)``) on the caller's own connection: psycopg 3
 (connection or cursor), psycopg2 (connection or cursor), SQLAlchemy
 ``Connection`` or ``Session``; ``lease.afence(conn)`` for psycopg's
 ``AsyncConnection`` / ``AsyncCursor``.
 
 The statement is the crate's own, ``SELECT <schema>.fence(pool, name,
 token)``: it raises SQLSTATE ``PGL01`` unless the token holds the lease,
-and locks the lease row until the caller's transaction ends.
+and locks the lease row until the caller's transaction ends. A
+``LeaseSet`` fences every token in one statement, ``SELECT
+<schema>.fence(u.n, u.t) FROM unnest($1::text[], $2::int8[]) AS u(n, t)``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 FENCE_FAILED = "PGL01"
 
@@ -78,8 +80,22 @@ def _format_style(sql: str) -> str:
     return sql.replace("$1", "%s").replace("$2", "%s").replace("$3", "%s")
 
 
+def _named_style(sql: str, params: Tuple[Any, ...]) -> Tuple[str, Dict[str, Any]]:
+    """``$n`` placeholders as SQLAlchemy's ``:pn``, with the parameters."""
+    for i in range(len(params), 0, -1):
+        sql = sql.replace(f"${i}", f":p{i}")
+    return sql, {f"p{i}": v for i, v in enumerate(params, 1)}
+
+
+def _message(exc: BaseException) -> str:
+    """The server's primary message of a driver error (SQLAlchemy wraps it)."""
+    orig = getattr(exc, "orig", None) or exc
+    diag = getattr(orig, "diag", None)
+    return getattr(diag, "message_primary", None) or str(orig)
+
+
 def _refused(lease: Any, exc: BaseException) -> None:
-    err = lease._fence_refused()
+    err = lease._fence_refused(_message(exc))
     raise err from exc
 
 
@@ -118,12 +134,9 @@ def _fence_sqlalchemy(lease: Any, conn: Any) -> None:
     dbapi = conn.connection.dbapi_connection
     if not _driver_in_transaction_or_implicit(dbapi):
         raise _invalid()
-    sql, (pool, name, token) = lease._fence_statement()
-    stmt = sqlalchemy.text(
-        sql.replace("$1", ":pool").replace("$2", ":name").replace("$3", ":token")
-    )
+    sql, params = _named_style(*lease._fence_statement())
     try:
-        conn.execute(stmt, {"pool": pool, "name": name, "token": token})
+        conn.execute(sqlalchemy.text(sql), params)
     except Exception as e:
         if _sqlstate(e) == FENCE_FAILED:
             _refused(lease, e)

@@ -56,6 +56,38 @@ pub(crate) fn opt_seconds(field: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult
     }
 }
 
+/// An optional lock-delay: `None` stays `None`; zero (off) and positive
+/// seconds are accepted, the crate checks the upper bound.
+pub(crate) fn opt_delay(field: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let v = match v {
+        Some(v) if !v.is_none() => v,
+        _ => return Ok(None),
+    };
+    if (v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>())
+        && !v.is_instance_of::<PyBool>()
+    {
+        let secs: f64 = v.extract()?;
+        if secs == 0.0 {
+            return Ok(Some(Duration::ZERO));
+        }
+        if secs < 0.0 {
+            return Err(invalid(
+                field,
+                format!("must be zero (off) or above, got {secs}"),
+            ));
+        }
+    }
+    seconds(field, v).map(Some)
+}
+
+/// An optional `str` argument: `None` stays `None`.
+pub(crate) fn opt_string(field: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    match v {
+        Some(v) if !v.is_none() => string(field, v).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A whole number in `u32` range (`int`, not `bool`).
 pub(crate) fn count(field: &str, v: &Bound<'_, PyAny>) -> PyResult<u32> {
     if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {

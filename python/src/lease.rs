@@ -17,6 +17,7 @@ use crate::convert;
 use crate::errors::{LeaseLost, foreign, invalid, to_py};
 use crate::held::{Held, Kind};
 use crate::locks::Locks;
+use crate::request::{Entered, Req, acquiring_methods};
 use crate::runtime::{awaitable, in_context, runtime, wait};
 
 /// A lease acquired from Rust, on its way to becoming a Python object. If
@@ -61,45 +62,44 @@ pub(crate) struct LeaseRequest {
     name: String,
     ttl: Option<Duration>,
     timeout: Option<Duration>,
+    lock_delay: Option<Duration>,
     data: Option<serde_json::Value>,
     holder: Option<String>,
-    /// Leases taken by `with`/`async with`, innermost last.
-    entered: Mutex<Vec<Py<Lease>>>,
+    entered: Entered<Lease>,
+}
+
+/// The keyword arguments of `locks.lease(...)` after the name.
+pub(crate) struct LeaseTerms<'a, 'py> {
+    pub(crate) ttl: Option<&'a Bound<'py, PyAny>>,
+    pub(crate) timeout: Option<&'a Bound<'py, PyAny>>,
+    pub(crate) lock_delay: Option<&'a Bound<'py, PyAny>>,
+    pub(crate) data: Option<&'a Bound<'py, PyAny>>,
+    pub(crate) holder: Option<&'a Bound<'py, PyAny>>,
 }
 
 impl LeaseRequest {
     pub(crate) fn new(
         locks: Py<Locks>,
         name: &Bound<'_, PyAny>,
-        ttl: Option<&Bound<'_, PyAny>>,
-        timeout: Option<&Bound<'_, PyAny>>,
-        data: Option<&Bound<'_, PyAny>>,
-        holder: Option<&Bound<'_, PyAny>>,
+        terms: LeaseTerms<'_, '_>,
     ) -> PyResult<LeaseRequest> {
         Ok(LeaseRequest {
             locks,
             name: convert::string("lease name", name)?,
-            ttl: convert::opt_seconds("ttl", ttl)?,
-            timeout: convert::opt_seconds("timeout", timeout)?,
-            data: match data {
+            ttl: convert::opt_seconds("ttl", terms.ttl)?,
+            timeout: convert::opt_seconds("timeout", terms.timeout)?,
+            lock_delay: convert::opt_delay("lock_delay", terms.lock_delay)?,
+            data: match terms.data {
                 Some(d) if !d.is_none() => Some(convert::to_json("data", d)?),
                 _ => None,
             },
-            holder: match holder {
-                Some(h) if !h.is_none() => Some(convert::string("holder", h)?),
-                _ => None,
-            },
-            entered: Mutex::new(Vec::new()),
+            holder: convert::opt_string("holder", terms.holder)?,
+            entered: Entered::new(),
         })
     }
 
-    fn request(
-        &self,
-        py: Python<'_>,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(pglock::LeaseRequest, FenceSql)> {
+    fn req(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<(Req, FenceSql)> {
         let locks = self.locks.bind(py).get().handle()?;
-        let fence = fence_sql(&locks);
         let mut r = locks.lease(self.name.clone());
         if let Some(t) = self.ttl {
             r = r.ttl(t);
@@ -107,66 +107,20 @@ impl LeaseRequest {
         if let Some(t) = convert::opt_seconds("timeout", timeout)?.or(self.timeout) {
             r = r.timeout(t);
         }
+        if let Some(d) = self.lock_delay {
+            r = r.lock_delay(d);
+        }
         if let Some(d) = &self.data {
             r = r.data(d.clone());
         }
         if let Some(h) = &self.holder {
             r = r.holder(h.clone());
         }
-        Ok((r, fence))
+        Ok((Req::Lease(r), fence_sql(&locks)))
     }
 }
 
-#[pymethods]
-impl LeaseRequest {
-    /// Waits for the lease (up to `timeout` seconds, else `Timeout`).
-    #[pyo3(signature = (*, timeout = None))]
-    fn acquire<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (r, fence) = self.request(py, timeout)?;
-        let lease = wait(py, async move { r.acquire().await.map_err(to_py) })?;
-        Acquired(Held::Lease(lease), fence).into_pyobject(py)
-    }
-
-    /// The lease if it is free now, else `None`.
-    fn try_acquire<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let (r, fence) = self.request(py, None)?;
-        let lease = wait(py, async move { r.try_acquire().await.map_err(to_py) })?;
-        lease
-            .map(|l| Acquired(Held::Lease(l), fence.clone()).into_pyobject(py))
-            .transpose()
-    }
-
-    /// `await request.aacquire()`: as `acquire`; cancelling it leaves nothing held.
-    #[pyo3(signature = (*, timeout = None))]
-    fn aacquire<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (r, fence) = self.request(py, timeout)?;
-        awaitable(py, async move {
-            r.acquire()
-                .await
-                .map(|l| Acquired(Held::Lease(l), fence.clone()))
-                .map_err(to_py)
-        })
-    }
-
-    /// `await request.atry_acquire()`: as `try_acquire`.
-    fn atry_acquire<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (r, fence) = self.request(py, None)?;
-        awaitable(py, async move {
-            r.try_acquire()
-                .await
-                .map(|l| l.map(|l| Acquired(Held::Lease(l), fence.clone())))
-                .map_err(to_py)
-        })
-    }
-
+acquiring_methods!(LeaseRequest {
     /// `await request.run(fn)`: acquires, awaits `fn(lease)`, releases. If
     /// the lease is lost first, the work is cancelled and `LeaseLost` raised.
     fn run<'py>(slf: &Bound<'py, Self>, work: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -175,47 +129,7 @@ impl LeaseRequest {
             .call_method1("run", (slf, work))
     }
 
-    fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let lease = self.acquire(py, None)?;
-        self._push(lease.cast::<Lease>()?.clone().unbind());
-        Ok(lease)
-    }
-
-    #[pyo3(signature = (*exc))]
-    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        let lease = self._pop()?;
-        Lease::exit(lease.bind(py), raised(exc)?)
-    }
-
-    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("pglock._aio")?
-            .call_method1("request_enter", (slf,))
-    }
-
-    #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
-        &self,
-        py: Python<'py>,
-        exc: &Bound<'py, PyTuple>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let lease = self._pop()?;
-        Lease::aexit(lease.bind(py), raised(exc)?)
-    }
-
-    /// Internal: remembers a lease taken by `async with`.
-    fn _push(&self, lease: Py<Lease>) {
-        self.entered.lock().unwrap().push(lease);
-    }
-
-    fn _pop(&self) -> PyResult<Py<Lease>> {
-        self.entered
-            .lock()
-            .unwrap()
-            .pop()
-            .ok_or_else(|| crate::errors::Error::new_err("__exit__ without __enter__"))
-    }
-
+    /// The lease name.
     #[getter]
     fn name(&self) -> &str {
         &self.name
@@ -224,6 +138,25 @@ impl LeaseRequest {
     fn __repr__(&self) -> String {
         format!("<pglock.LeaseRequest {:?}>", self.name)
     }
+});
+
+/// `pglock._fence.<how>(fenced, conn)`: a fence (`"fence"`) or its
+/// awaitable (`"afence"`) on the caller's own connection.
+pub(crate) fn fence_via<'py>(
+    fenced: &Bound<'py, PyAny>,
+    conn: &Bound<'py, PyAny>,
+    how: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    fenced
+        .py()
+        .import("pglock._fence")?
+        .call_method1(how, (fenced, conn))
+}
+
+/// `__aenter__` of a held thing: an awaitable that gives `slf` back.
+pub(crate) fn ready<'py, T>(slf: &Bound<'py, T>) -> PyResult<Bound<'py, PyAny>> {
+    let this = slf.clone().into_any().unbind();
+    awaitable(slf.py(), async move { Ok(this) })
 }
 
 /// Whether `__exit__`'s arguments carry an exception.
@@ -285,7 +218,7 @@ impl Drop for Lease {
 }
 
 impl Lease {
-    fn new(held: Held, fence_sql: FenceSql) -> Lease {
+    pub(crate) fn new(held: Held, fence_sql: FenceSql) -> Lease {
         Lease {
             fence_sql,
             handle: ManuallyDrop::new(held.handle()),
@@ -328,7 +261,7 @@ impl Lease {
         )
     }
 
-    fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         !self.finished.load(Ordering::Acquire)
             && (self.refused.load(Ordering::Acquire) || self.handle.is_lost())
     }
@@ -377,7 +310,7 @@ impl Lease {
         })
     }
 
-    fn exit_outcome(
+    pub(crate) fn exit_outcome(
         &self,
         py: Python<'_>,
         raised: bool,
@@ -408,7 +341,7 @@ impl Lease {
 impl Lease {
     /// The lease (or pool item) name.
     #[getter]
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.handle.name()
     }
 
@@ -420,7 +353,7 @@ impl Lease {
 
     /// The fencing token: greater than every token issued before it.
     #[getter]
-    fn token(&self) -> i64 {
+    pub(crate) fn token(&self) -> i64 {
         self.handle.token()
     }
 
@@ -560,10 +493,7 @@ impl Lease {
     /// ends. Accepts a psycopg 3 connection or cursor, a psycopg2 connection
     /// or cursor, a SQLAlchemy `Connection` or `Session`.
     fn fence(slf: &Bound<'_, Self>, conn: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("fence", (slf, conn))?;
-        Ok(())
+        fence_via(slf.as_any(), conn, "fence").map(drop)
     }
 
     /// `await lease.afence(conn)` for a psycopg `AsyncConnection` or `AsyncCursor`.
@@ -571,14 +501,12 @@ impl Lease {
         slf: &Bound<'py, Self>,
         conn: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        slf.py()
-            .import("pglock._fence")?
-            .call_method1("afence", (slf, conn))
+        fence_via(slf.as_any(), conn, "afence")
     }
 
     /// Internal: the fence statement's SQL (`$1` pool, `$2` name, `$3`
     /// token) and parameters; `LeaseLost` if already known lost.
-    fn _fence_statement(&self) -> PyResult<(String, (String, String, i64))> {
+    pub(crate) fn _fence_statement(&self) -> PyResult<(String, (String, String, i64))> {
         let h = self.handle()?;
         if self.is_lost() || self.finished.load(Ordering::Acquire) {
             return Err(self.lost_err());
@@ -596,7 +524,9 @@ impl Lease {
 
     /// Internal: a fence refused; marks the lease lost and returns the
     /// `LeaseLost` to raise.
-    fn _fence_refused(&self) -> PyResult<PyErr> {
+    #[pyo3(signature = (message = None))]
+    pub(crate) fn _fence_refused(&self, message: Option<&str>) -> PyResult<PyErr> {
+        let _ = message;
         self.refused.store(true, Ordering::Release);
         // Let the core see it too (its renewal finds the lease gone and
         // wakes `lost()` waiters).
@@ -634,17 +564,16 @@ impl Lease {
     }
 
     #[pyo3(signature = (*exc))]
-    fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    pub(crate) fn __exit__(slf: &Bound<'_, Self>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         Lease::exit(slf, raised(exc)?)
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.clone().unbind();
-        awaitable(slf.py(), async move { Ok(this) })
+        ready(slf)
     }
 
     #[pyo3(signature = (*exc))]
-    fn __aexit__<'py>(
+    pub(crate) fn __aexit__<'py>(
         slf: &Bound<'py, Self>,
         exc: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -712,7 +641,7 @@ impl Lease {
 }
 
 /// Whether `fut` finished within `t` (forever when `None`).
-async fn within(t: Option<Duration>, fut: impl Future<Output = ()>) -> bool {
+pub(crate) async fn within(t: Option<Duration>, fut: impl Future<Output = ()>) -> bool {
     match t {
         Some(t) => tokio::time::timeout(t, fut).await.is_ok(),
         None => {

@@ -5,12 +5,15 @@
 
 mod advisory;
 mod convert;
+mod election;
 mod errors;
 mod held;
 mod lease;
 mod locks;
+mod multi;
 mod pool;
 mod rate;
+mod request;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -21,6 +24,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<locks::Locks>()?;
     m.add_class::<advisory::Advisory>()?;
     m.add_class::<advisory::AdvisoryGuard>()?;
+    m.add_class::<advisory::AdvisoryAll>()?;
+    m.add_class::<advisory::AdvisorySet>()?;
+    m.add_class::<multi::LeaseAll>()?;
+    m.add_class::<multi::LeaseSet>()?;
+    m.add_class::<election::Election>()?;
+    m.add_class::<election::Leadership>()?;
+    m.add_class::<election::Leader>()?;
+    m.add_class::<election::Observer>()?;
     m.add_class::<lease::LeaseRequest>()?;
     m.add_class::<lease::Lease>()?;
     m.add_class::<lease::PoolLease>()?;
@@ -34,6 +45,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::LeaseInfo>()?;
     m.add_class::<rate::RateLimiter>()?;
     m.add("MAX_NAME_BYTES", pglock::Locks::MAX_NAME_BYTES)?;
+    m.add("MAX_SET_SIZE", pglock::MAX_SET_SIZE)?;
+    m.add("ELECTION_PREFIX", pglock::ELECTION_PREFIX)?;
     m.add("DEFAULT_SCHEMA", pglock::Locks::DEFAULT_SCHEMA)?;
     Ok(())
 }

@@ -7,10 +7,12 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::advisory::Advisory;
+use crate::advisory::{Advisory, AdvisoryAll};
 use crate::convert;
+use crate::election::Election;
 use crate::errors::{invalid, to_py};
-use crate::lease::LeaseRequest;
+use crate::lease::{LeaseRequest, LeaseTerms};
+use crate::multi::LeaseAll;
 use crate::pool::{LeaseInfo, LeasePool, Semaphore};
 use crate::rate::RateLimiter;
 use crate::runtime::{awaitable, in_context, wait};
@@ -121,10 +123,7 @@ impl Locks {
             Some(s) if !s.is_none() => convert::string("schema", s)?,
             _ => pglock::Locks::DEFAULT_SCHEMA.to_owned(),
         };
-        let holder = match holder {
-            Some(h) if !h.is_none() => Some(convert::string("holder", h)?),
-            _ => None,
-        };
+        let holder = convert::opt_string("holder", holder)?;
         let opt_count = |field: &str, v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<u32>> {
             match v {
                 Some(v) if !v.is_none() => convert::count(field, v).map(Some),
@@ -187,7 +186,7 @@ impl Locks {
     }
 
     /// A lease request for `name`.
-    #[pyo3(signature = (name, *, ttl = None, timeout = None, data = None, holder = None))]
+    #[pyo3(signature = (name, *, ttl = None, timeout = None, data = None, holder = None, lock_delay = None))]
     fn lease(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
@@ -195,8 +194,49 @@ impl Locks {
         timeout: Option<&Bound<'_, PyAny>>,
         data: Option<&Bound<'_, PyAny>>,
         holder: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<LeaseRequest> {
-        LeaseRequest::new(slf.clone().unbind(), name, ttl, timeout, data, holder)
+        let terms = LeaseTerms {
+            ttl,
+            timeout,
+            lock_delay,
+            data,
+            holder,
+        };
+        LeaseRequest::new(slf.clone().unbind(), name, terms)
+    }
+
+    /// Exclusive advisory locks on every key of `keys`, all or none, in
+    /// ascending numeric key order (the crate's `advisory_all`).
+    #[pyo3(signature = (keys, *, timeout = None))]
+    fn advisory_all(
+        slf: &Bound<'_, Self>,
+        keys: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<AdvisoryAll> {
+        AdvisoryAll::new(slf.clone().unbind(), keys, timeout)
+    }
+
+    /// Leases on every name of `names`, all or none, in ascending byte
+    /// order of the names (the crate's `lease_all`).
+    #[pyo3(signature = (names, *, ttl = None, timeout = None))]
+    fn lease_all(
+        slf: &Bound<'_, Self>,
+        names: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<LeaseAll> {
+        LeaseAll::new(slf.clone().unbind(), names, ttl, timeout)
+    }
+
+    /// The election `name` (its lease is `election/<name>`).
+    #[pyo3(signature = (name, *, ttl = None))]
+    fn election(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Election> {
+        Election::new(slf.clone().unbind(), name, ttl)
     }
 
     /// The lease pool `name`.
@@ -208,15 +248,23 @@ impl Locks {
     }
 
     /// A semaphore of `permits` permits.
-    #[pyo3(signature = (name, permits, *, ttl = None, timeout = None))]
+    #[pyo3(signature = (name, permits, *, ttl = None, timeout = None, lock_delay = None))]
     fn semaphore(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
         permits: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Semaphore> {
-        Semaphore::new(slf.clone().unbind(), name, permits, ttl, timeout)
+        Semaphore::new(
+            slf.clone().unbind(),
+            name,
+            permits,
+            ttl,
+            timeout,
+            lock_delay,
+        )
     }
 
     /// A shared token bucket: at most `n` acquisitions per `per` seconds.

@@ -2,137 +2,18 @@
 //! `pglock.Semaphore`, and the plain records `PoolStatus`, `PoolItem`,
 //! `LeaseInfo`.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::PyList;
 
 use crate::convert;
 use crate::errors::{PoolDrained, to_py};
-use crate::held::Held;
-use crate::lease::{Acquired, FenceSql, Lease, fence_sql, raised};
+use crate::lease::{Acquired, FenceSql, Lease, fence_sql};
 use crate::locks::Locks;
+use crate::request::{Entered, Req, acquiring_methods};
 use crate::runtime::{awaitable, wait};
-
-/// A crate request that yields a pool item or a permit.
-pub(crate) enum Req {
-    Claim(pglock::Claim),
-    Permit(pglock::Semaphore),
-}
-
-impl Req {
-    pub(crate) async fn acquire(self) -> pglock::Result<Held> {
-        match self {
-            Req::Claim(c) => c.acquire().await.map(Held::Item),
-            Req::Permit(s) => s.acquire().await.map(Held::Permit),
-        }
-    }
-
-    pub(crate) async fn try_acquire(self) -> pglock::Result<Option<Held>> {
-        match self {
-            Req::Claim(c) => Ok(c.try_acquire().await?.map(Held::Item)),
-            Req::Permit(s) => Ok(s.try_acquire().await?.map(Held::Permit)),
-        }
-    }
-}
-
-/// `acquire`, `try_acquire`, their `a…` forms and `with`/`async with` for a
-/// class with `fn req(&self, py, timeout) -> PyResult<(Req, FenceSql)>` and an
-/// `entered` stack.
-macro_rules! acquiring_methods {
-    ($ty:ty) => {
-        #[pymethods]
-        impl $ty {
-            /// Waits for a free item (up to `timeout` seconds, else `Timeout`).
-            #[pyo3(signature = (*, timeout = None))]
-            fn acquire<'py>(
-                &self,
-                py: Python<'py>,
-                timeout: Option<&Bound<'py, PyAny>>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let (r, fence) = self.req(py, timeout)?;
-                let lease = wait(py, async move { r.acquire().await.map_err(to_py) })?;
-                Acquired(lease, fence).into_pyobject(py)
-            }
-
-            /// A free item now, else `None`.
-            fn try_acquire<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-                let (r, fence) = self.req(py, None)?;
-                let lease = wait(py, async move { r.try_acquire().await.map_err(to_py) })?;
-                lease
-                    .map(|l| Acquired(l, fence).into_pyobject(py))
-                    .transpose()
-            }
-
-            /// `await x.aacquire()`; cancelling it leaves nothing held.
-            #[pyo3(signature = (*, timeout = None))]
-            fn aacquire<'py>(
-                &self,
-                py: Python<'py>,
-                timeout: Option<&Bound<'py, PyAny>>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let (r, fence) = self.req(py, timeout)?;
-                awaitable(py, async move {
-                    r.acquire().await.map(|l| Acquired(l, fence)).map_err(to_py)
-                })
-            }
-
-            /// `await x.atry_acquire()`.
-            fn atry_acquire<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let (r, fence) = self.req(py, None)?;
-                awaitable(py, async move {
-                    r.try_acquire()
-                        .await
-                        .map(|l| l.map(|l| Acquired(l, fence)))
-                        .map_err(to_py)
-                })
-            }
-
-            fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let lease = self.acquire(py, None)?;
-                self._push(lease.cast::<Lease>()?.clone().unbind());
-                Ok(lease)
-            }
-
-            #[pyo3(signature = (*exc))]
-            fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-                let lease = self._pop()?;
-                Lease::exit(lease.bind(py), raised(exc)?)
-            }
-
-            fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-                slf.py()
-                    .import("pglock._aio")?
-                    .call_method1("request_enter", (slf,))
-            }
-
-            #[pyo3(signature = (*exc))]
-            fn __aexit__<'py>(
-                &self,
-                py: Python<'py>,
-                exc: &Bound<'py, PyTuple>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let lease = self._pop()?;
-                Lease::aexit(lease.bind(py), raised(exc)?)
-            }
-
-            /// Internal: remembers a lease taken by `async with`.
-            fn _push(&self, lease: Py<Lease>) {
-                self.entered.lock().unwrap().push(lease);
-            }
-
-            fn _pop(&self) -> PyResult<Py<Lease>> {
-                self.entered
-                    .lock()
-                    .unwrap()
-                    .pop()
-                    .ok_or_else(|| crate::errors::Error::new_err("__exit__ without __enter__"))
-            }
-        }
-    };
-}
 
 /// A named set of items to claim.
 #[pyclass(module = "pglock", frozen)]
@@ -161,17 +42,16 @@ impl LeasePool {
         ttl: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         holder: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Claim> {
         Ok(Claim {
             locks: self.locks.clone_ref(py),
             pool: self.name.clone(),
             ttl: convert::opt_seconds("ttl", ttl)?,
             timeout: convert::opt_seconds("timeout", timeout)?,
-            holder: match holder {
-                Some(h) if !h.is_none() => Some(convert::string("holder", h)?),
-                _ => None,
-            },
-            entered: Mutex::new(Vec::new()),
+            lock_delay: convert::opt_delay("lock_delay", lock_delay)?,
+            holder: convert::opt_string("holder", holder)?,
+            entered: Entered::new(),
         })
     }
 }
@@ -202,30 +82,32 @@ impl LeasePool {
     }
 
     /// A claim of any free item.
-    #[pyo3(signature = (*, ttl = None, timeout = None, holder = None))]
+    #[pyo3(signature = (*, ttl = None, timeout = None, holder = None, lock_delay = None))]
     fn claim(
         &self,
         py: Python<'_>,
         ttl: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         holder: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Claim> {
-        self.new_claim(py, ttl, timeout, holder)
+        self.new_claim(py, ttl, timeout, holder, lock_delay)
     }
 
     /// Claims items one after another until the pool is drained (every item
     /// done): `for item in pool.claims(ttl=60): with item: ...`. Also an
     /// async iterator.
-    #[pyo3(signature = (*, ttl = None, timeout = None, holder = None))]
+    #[pyo3(signature = (*, ttl = None, timeout = None, holder = None, lock_delay = None))]
     fn claims(
         &self,
         py: Python<'_>,
         ttl: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         holder: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Claims> {
         Ok(Claims {
-            claim: self.new_claim(py, ttl, timeout, holder)?,
+            claim: self.new_claim(py, ttl, timeout, holder, lock_delay)?,
         })
     }
 
@@ -293,8 +175,9 @@ pub(crate) struct Claim {
     pool: String,
     ttl: Option<Duration>,
     timeout: Option<Duration>,
+    lock_delay: Option<Duration>,
     holder: Option<String>,
-    entered: Mutex<Vec<Py<Lease>>>,
+    entered: Entered<Lease>,
 }
 
 impl Claim {
@@ -307,6 +190,9 @@ impl Claim {
         if let Some(t) = convert::opt_seconds("timeout", timeout)?.or(self.timeout) {
             c = c.timeout(t);
         }
+        if let Some(d) = self.lock_delay {
+            c = c.lock_delay(d);
+        }
         if let Some(h) = &self.holder {
             c = c.holder(h.clone());
         }
@@ -314,7 +200,7 @@ impl Claim {
     }
 }
 
-acquiring_methods!(Claim);
+acquiring_methods!(Claim {});
 
 /// Iterator of claims until the pool is drained.
 #[pyclass(module = "pglock", frozen)]
@@ -359,7 +245,8 @@ pub(crate) struct Semaphore {
     permits: u32,
     ttl: Option<Duration>,
     timeout: Option<Duration>,
-    entered: Mutex<Vec<Py<Lease>>>,
+    lock_delay: Option<Duration>,
+    entered: Entered<Lease>,
 }
 
 impl Semaphore {
@@ -369,6 +256,7 @@ impl Semaphore {
         permits: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        lock_delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Semaphore> {
         Ok(Semaphore {
             locks,
@@ -376,7 +264,8 @@ impl Semaphore {
             permits: convert::count("permits", permits)?,
             ttl: convert::opt_seconds("ttl", ttl)?,
             timeout: convert::opt_seconds("timeout", timeout)?,
-            entered: Mutex::new(Vec::new()),
+            lock_delay: convert::opt_delay("lock_delay", lock_delay)?,
+            entered: Entered::new(),
         })
     }
 
@@ -389,11 +278,14 @@ impl Semaphore {
         if let Some(t) = convert::opt_seconds("timeout", timeout)?.or(self.timeout) {
             s = s.timeout(t);
         }
+        if let Some(d) = self.lock_delay {
+            s = s.lock_delay(d);
+        }
         Ok((Req::Permit(s), fence_sql(&locks)))
     }
 }
 
-acquiring_methods!(Semaphore);
+acquiring_methods!(Semaphore {});
 
 /// Counts of a pool's items.
 #[pyclass(module = "pglock", frozen, get_all)]
@@ -450,6 +342,8 @@ pub(crate) struct LeaseInfo {
     expires_in: Option<f64>,
     data: Py<PyAny>,
     release_requested: bool,
+    /// Until when a lock-delay keeps the expired lease from the next holder.
+    delayed_until: Py<PyAny>,
 }
 
 impl LeaseInfo {
@@ -467,6 +361,7 @@ impl LeaseInfo {
                 .map(|d| d.num_microseconds().map_or(f64::NAN, |us| us as f64 / 1e6)),
             data: convert::from_json(py, r.data.as_ref())?,
             release_requested: r.release_requested,
+            delayed_until: convert::opt_datetime(py, r.delayed_until)?,
         })
     }
 }

@@ -114,3 +114,63 @@ def test_async_forms_check_input_too(nowhere):
             await nowhere.lease("ok", ttl=-1).aacquire()
 
     asyncio.run(main())
+
+
+BAD_SETS = [([], "empty"), ((), "empty tuple"), ("abc", "one str"), (5, "not iterable")]
+
+
+@pytest.mark.parametrize("keys,why", BAD_SETS, ids=[w for _, w in BAD_SETS])
+def test_bad_advisory_sets(nowhere, keys, why):
+    with pytest.raises(pglock.InvalidInput, match="advisory keys"):
+        nowhere.advisory_all(keys)
+
+
+@pytest.mark.parametrize("names,why", BAD_SETS, ids=[w for _, w in BAD_SETS])
+def test_bad_lease_sets(nowhere, names, why):
+    with pytest.raises(pglock.InvalidInput, match="lease names"):
+        nowhere.lease_all(names)
+
+
+def test_bad_set_members_and_terms(nowhere):
+    with pytest.raises(pglock.InvalidInput, match="key"):
+        nowhere.advisory_all(["ok", 1.5])
+    with pytest.raises(pglock.InvalidInput, match="key"):
+        nowhere.advisory_all(["ok", ""]).lock()
+    with pytest.raises(pglock.InvalidInput, match="lease names"):
+        nowhere.lease_all(["k"] * (pglock.MAX_SET_SIZE + 1))
+    with pytest.raises(pglock.InvalidInput, match="lease name"):
+        nowhere.lease_all(["ok", ""]).acquire()
+    with pytest.raises(pglock.InvalidInput, match="lease name"):
+        nowhere.lease_all(["ok", 7])
+    with pytest.raises(pglock.InvalidInput, match="ttl"):
+        nowhere.lease_all(["ok"], ttl=-1)
+    with pytest.raises(pglock.InvalidInput, match="timeout"):
+        nowhere.advisory_all(["ok"]).lock(timeout=0)
+
+
+def test_bad_election_input(nowhere):
+    with pytest.raises(pglock.InvalidInput, match="election name"):
+        nowhere.election("").campaign("v")
+    with pytest.raises(pglock.InvalidInput, match="election name"):
+        nowhere.election(None)
+    with pytest.raises(pglock.InvalidInput, match="ttl"):
+        nowhere.election("e", ttl=0)
+    with pytest.raises(pglock.InvalidInput, match="value"):
+        nowhere.election("e").campaign(5)
+    with pytest.raises(pglock.InvalidInput, match="election name"):
+        nowhere.election("").leader()
+
+
+@pytest.mark.parametrize("delay", [-1, -0.5, float("nan"), float("inf"), "5", True, [1]], ids=repr)
+def test_bad_lock_delay(nowhere, delay):
+    with pytest.raises(pglock.InvalidInput, match="lock_delay"):
+        nowhere.lease("ok", lock_delay=delay)
+    with pytest.raises(pglock.InvalidInput, match="lock_delay"):
+        nowhere.lease_pool("ok").claim(lock_delay=delay)
+    with pytest.raises(pglock.InvalidInput, match="lock_delay"):
+        nowhere.semaphore("ok", 2, lock_delay=delay)
+
+
+def test_lock_delay_out_of_range_is_refused_before_sql(nowhere):
+    with pytest.raises(pglock.InvalidInput, match="lock_delay"):
+        nowhere.lease("ok", lock_delay=31 * 24 * 3600).acquire()
