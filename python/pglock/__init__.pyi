@@ -261,6 +261,8 @@ class PoolItem:
     done: bool
     expires_at: Optional[datetime.datetime]
     data: Any
+    data_token: Optional[int]
+    data_holder: Optional[str]
 
 class LeaseInfo:
     pool: Optional[str]
@@ -272,6 +274,8 @@ class LeaseInfo:
     expires_at: Optional[datetime.datetime]
     expires_in: Optional[float]
     data: Any
+    data_token: Optional[int]
+    data_holder: Optional[str]
     release_requested: bool
     delayed_until: Optional[datetime.datetime]
 

@@ -138,6 +138,8 @@ impl LeasePool {
                     holder: i.holder,
                     held: i.held,
                     done: i.done,
+                    data_token: i.data_token,
+                    data_holder: i.data_holder,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -316,6 +318,10 @@ pub(crate) struct PoolItem {
     done: bool,
     expires_at: Py<PyAny>,
     data: Py<PyAny>,
+    /// Token of the claim that wrote `data` (it carries from claim to claim).
+    data_token: Option<i64>,
+    /// Holder label of the claim that wrote `data`.
+    data_holder: Option<String>,
 }
 
 #[pymethods]
@@ -340,7 +346,13 @@ pub(crate) struct LeaseInfo {
     expires_at: Py<PyAny>,
     /// Seconds until expiry by the database clock (negative once expired).
     expires_in: Option<f64>,
+    /// The payload; an acquire without data keeps the previous holder's.
     data: Py<PyAny>,
+    /// Token of the acquisition that wrote `data`: `token` when the latest
+    /// holder wrote it, smaller when a previous holder did.
+    data_token: Option<i64>,
+    /// Holder label of the acquisition that wrote `data`.
+    data_holder: Option<String>,
     release_requested: bool,
     /// Until when a lock-delay keeps the expired lease from the next holder.
     delayed_until: Py<PyAny>,
@@ -360,6 +372,8 @@ impl LeaseInfo {
                 .expires_in
                 .map(|d| d.num_microseconds().map_or(f64::NAN, |us| us as f64 / 1e6)),
             data: convert::from_json(py, r.data.as_ref())?,
+            data_token: r.data_token,
+            data_holder: r.data_holder.clone(),
             release_requested: r.release_requested,
             delayed_until: convert::opt_datetime(py, r.delayed_until)?,
         })

@@ -108,3 +108,18 @@ def test_leases_lists_rows(locks):
     with locks.lease("listed"):
         rows = [r for r in locks.leases() if r.name == "listed"]
         assert len(rows) == 1 and rows[0].held and rows[0].holder == "pytest"
+
+
+def test_the_listing_names_whose_data_it_is(locks, other):
+    with locks.lease("resume", data={"step": 1800}) as first:
+        mine = [r for r in locks.leases() if r.name == "resume"][0]
+        assert (mine.data_token, mine.data_holder) == (first.token, "pytest")
+    # Taken without data: the previous holder's payload, and the listing says so.
+    with other.lease("resume") as second:
+        assert second.data == {"step": 1800}
+        row = [r for r in locks.leases() if r.name == "resume"][0]
+        assert row.token == second.token and row.holder == "other"
+        assert (row.data_token, row.data_holder) == (first.token, "pytest")
+        second.set_data({"step": 1900})
+        row = [r for r in locks.leases() if r.name == "resume"][0]
+        assert (row.data_token, row.data_holder) == (second.token, "other")
