@@ -46,6 +46,7 @@
 
 mod guard;
 mod holders;
+pub(crate) mod mux;
 
 pub use guard::AdvisoryGuard;
 pub(crate) use guard::unlock_answer;
@@ -204,6 +205,79 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
+        let Some(mux) = self.locks.mux().cloned() else {
+            return self.lock_dedicated(deadline).await;
+        };
+        // First the in-process hold: local tasks wait for each other here.
+        let local = mux.local(&self.key, self.mode());
+        let local = match deadline {
+            None => local.await,
+            Some(d) => tokio::time::timeout_at(d, local)
+                .await
+                .map_err(|_| self.timeout_error())?,
+        };
+        // Then the shared session, if no other session holds the key.
+        let local = match self.within(deadline, self.on_slot(mux, local)).await? {
+            Ok(guard) => return Ok(guard),
+            Err(local) => local,
+        };
+        // Held elsewhere: wait in the server on a dedicated session, still
+        // holding the in-process hold.
+        Ok(self.lock_dedicated(deadline).await?.with_local(local))
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            what: self.what(),
+            waited: self.timeout.unwrap_or_default(),
+        }
+    }
+
+    /// `fut` until the deadline, else [`Error::Timeout`].
+    async fn within<T>(
+        &self,
+        deadline: Option<Instant>,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .map_err(|_| self.timeout_error())?,
+        }
+    }
+
+    /// One try on the key's shared session: a guard, or the in-process
+    /// hold back when another session holds the key. The statement runs in
+    /// a spawned task: dropped midway, the task still finishes, and a guard
+    /// it made is dropped, which unlocks.
+    async fn on_slot(
+        &self,
+        mux: std::sync::Arc<mux::Mux>,
+        local: mux::LocalHold,
+    ) -> Result<std::result::Result<AdvisoryGuard, mux::LocalHold>> {
+        let db = self.locks.db().clone();
+        let (key, mode) = (self.key.clone(), self.mode());
+        let task = tokio::spawn(async move {
+            match mux.try_on_slot(&db, &key, mode).await {
+                Ok(Some((k, on))) => {
+                    tracing::debug!(%key, pid = on.life.id.pid, "advisory lock acquired on a shared session");
+                    Ok(Ok(AdvisoryGuard::on_slot(on, local, db, key, mode, k)))
+                }
+                Ok(None) => Ok(Err(local)),
+                Err(e) => Err(e),
+            }
+        });
+        match task.await {
+            Ok(out) => out,
+            Err(e) => Err(Error::from(sqlx::Error::Protocol(format!(
+                "advisory lock task failed: {e}"
+            )))),
+        }
+    }
+
+    /// The lock on a session of its own, waiting in the server.
+    async fn lock_dedicated(&self, deadline: Option<Instant>) -> Result<AdvisoryGuard> {
         // In flight until the answer is read: dropped before (cancelled) or
         // after an error, the session is closed, since the lock may have
         // been granted (the server can report 55P03 after granting).
@@ -257,6 +331,12 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
+        if let Some(mux) = self.locks.mux().cloned() {
+            let Some(local) = mux.try_local(&self.key, self.mode()) else {
+                return Ok(None);
+            };
+            return Ok(self.within(deadline, self.on_slot(mux, local)).await?.ok());
+        }
         let mut session = self.session(deadline).await?;
         session.in_flight = true;
         let stmt = sql::try_lock(self.key.kind(), self.mode());
