@@ -30,6 +30,16 @@
 //! 250 ms (`client_connection_check_interval`, PostgreSQL 14+). No session
 //! goes back for reuse holding a lock.
 //!
+//! # Many locks on a few sessions
+//!
+//! With [`LocksBuilder::advisory_sessions`](crate::LocksBuilder::advisory_sessions)
+//! a handle multiplexes its locks onto a few shared sessions instead: a
+//! `try_lock`, or a `lock` of a key no other session holds, is one
+//! `pg_try_advisory_lock` on a shared session; tasks of the process
+//! exclude each other in the client; a `lock` of a key another session
+//! holds waits in the server on a session of its own as above. Such guards
+//! lend no session to the critical section.
+//!
 //! # Transaction-mode poolers
 //!
 //! Session locks need a session: behind PgBouncer in `pool_mode=transaction`
@@ -76,7 +86,9 @@ const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// None (as DistributedLock 2.0 decided; Redisson differs). A second
 /// `advisory(k).lock()` while this process holds `k` takes another session
 /// and waits for the first guard like any other holder: tasks of one
-/// process exclude each other. In the task that holds the guard that wait
+/// process exclude each other (with
+/// [`advisory_sessions`](crate::LocksBuilder::advisory_sessions), the
+/// second request waits in the process instead). In the task that holds the guard that wait
 /// can never end, so it returns [`Error::Timeout`] if a
 /// [`timeout`](Self::timeout) is set and blocks forever otherwise: use
 /// [`try_lock`](Self::try_lock) (`None`) or a timeout where a task might
@@ -186,7 +198,10 @@ impl Advisory {
     ///
     /// Cancel safe: if the future is dropped at any point, nothing stays
     /// held. A session that had already sent the lock request is closed, and
-    /// the server drops whatever it held or was about to be granted.
+    /// the server drops whatever it held or was about to be granted. On a
+    /// shared session ([`advisory_sessions`](crate::LocksBuilder::advisory_sessions))
+    /// the statement runs in a spawned task that finishes anyway and
+    /// unlocks what it was granted.
     ///
     /// # Errors
     ///
