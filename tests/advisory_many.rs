@@ -300,6 +300,19 @@ async fn killing_a_shared_session_makes_lost_resolve_for_every_guard_on_it() {
     // The other session's locks are still held.
     let (held, sessions) = held_by_app(&pool, &app).await;
     assert_eq!((held, sessions), (others.len() as i64, 1));
+    // New keys are taken at once, those of the dead session on a new one
+    // (the chance that 20 keys all go to the survivor is 2^-20).
+    let survivor = others[0].pid();
+    let mut fresh = Vec::new();
+    for i in 100..120 {
+        fresh.push(locks.advisory(base + i).try_lock().await.unwrap().unwrap());
+    }
+    assert!(fresh.iter().all(|g| g.pid() != victim));
+    assert!(
+        fresh.iter().any(|g| g.pid() != survivor),
+        "a new shared session"
+    );
+    drop(fresh);
     for g in on_victim {
         let err = g.release().await.unwrap_err();
         assert!(matches!(err, Error::LockLost { .. }), "{err:?}");

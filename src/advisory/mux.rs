@@ -39,6 +39,10 @@ use crate::sql::advisory::{self as sql, Mode};
 
 use super::guard::unlock_answer;
 
+/// A shared session found dead by a statement that therefore granted
+/// nothing: worth one more try on a new session.
+struct Died(sqlx::Error);
+
 /// How often a watched shared session is checked for life.
 const LIFE_POLL: Duration = Duration::from_millis(500);
 
@@ -195,8 +199,39 @@ impl Mux {
     ) -> Result<Option<(i64, OnSlot)>> {
         let slot = self.slot_of(key);
         let mut st = self.slots[slot].lock().await;
+        // A session found dead by a checker is replaced before use.
+        if st
+            .open
+            .as_ref()
+            .is_some_and(|(_, life)| *life.dead.borrow())
+        {
+            st.kill();
+        }
+        // A dead connection holds nothing: one more try on a new one.
+        match self.try_once(db, &mut st, slot, key, mode).await {
+            Err(Died(e)) => {
+                tracing::debug!(error = %e, "shared advisory session died; reopening");
+                self.try_once(db, &mut st, slot, key, mode)
+                    .await
+                    .map_err(|Died(e)| Error::from(e))?
+            }
+            Ok(out) => out,
+        }
+    }
+
+    async fn try_once(
+        self: &Arc<Self>,
+        db: &Arc<Db>,
+        st: &mut Slot,
+        slot: usize,
+        key: &AdvisoryKey,
+        mode: Mode,
+    ) -> std::result::Result<Result<Option<(i64, OnSlot)>>, Died> {
         if st.open.is_none() {
-            let mut session = db.lock_session().await?;
+            let mut session = match db.lock_session().await {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
             // Never back to the idle list: closed when dropped.
             session.in_flight = true;
             let (dead, _) = watch::channel(false);
@@ -216,16 +251,27 @@ impl Mux {
             .await;
         let row = match row {
             Ok(row) => row,
+            // Gone before the statement ran: it holds nothing, and no
+            // grant is lost with it.
+            Err(e) if is_dead(&e) => {
+                st.kill();
+                return Err(Died(e));
+            }
             Err(e) => {
                 if !matches!(e, sqlx::Error::Database(_)) || is_dead(&e) {
                     st.kill();
                 }
-                return Err(e.into());
+                return Ok(Err(e.into()));
             }
         };
-        let (k, taken): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
+        let k_taken: std::result::Result<(i64, bool), _> =
+            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))();
+        let (k, taken): (i64, bool) = match k_taken {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(Error::from(e))),
+        };
         if !taken {
-            return Ok(None);
+            return Ok(Ok(None));
         }
         let held = st.held.get(&k).copied();
         match held {
@@ -244,19 +290,19 @@ impl Mux {
                     .fetch_one(session.conn());
                 if let Err(e) = unlock_answer(q).await {
                     st.kill();
-                    return Err(e.into());
+                    return Ok(Err(e.into()));
                 }
-                return Ok(None);
+                return Ok(Ok(None));
             }
         }
-        Ok(Some((
+        Ok(Ok(Some((
             k,
             OnSlot {
                 mux: self.clone(),
                 slot,
                 life,
             },
-        )))
+        ))))
     }
 
     /// Unlocks `k` on the session `on` names: `Ok(false)` if that session
