@@ -164,6 +164,44 @@ pub async fn run(ctx: &mut Ctx) {
 /// `advisory_sessions(4)`: the 10,000 locks on 4 shared sessions, then
 /// lock+unlock of other keys (free: they go onto the shared sessions too).
 async fn multiplexed(ctx: &mut Ctx) {
+    // Raw floor of a shared session: pg_try_advisory_lock + unlock on the
+    // connection that itself holds 2,500 locks (a quarter of them, as each
+    // of 4 shared sessions does). Every statement's commit walks the
+    // session's local lock table, so its cost grows with what it holds.
+    let mut conn = ctx.raw_connection().await;
+    q("SELECT count(pg_advisory_lock(k)) FROM generate_series(1, 2500) k")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let conn = Arc::new(Mutex::new(conn));
+    let c = conn.clone();
+    let (lat, el) = run_loops(1, ctx.secs, move |_, _| {
+        let c = c.clone();
+        async move {
+            let mut c = c.lock().await;
+            q("SELECT pg_try_advisory_lock(100000)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            q("SELECT pg_advisory_unlock(100000)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    ctx.push(
+        Record::from_lat(CASE, "raw, on a session holding 2,500", 1, lat, el)
+            .extra("held", 2500.0)
+            .extra("holding_sessions", 1.0),
+    );
+    let mut conn = Arc::try_unwrap(conn).ok().unwrap().into_inner();
+    q("SELECT pg_advisory_unlock_all()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+
     let locks = Locks::builder(ctx.pool.clone())
         .schema(SCHEMA)
         .advisory_sessions(4)
