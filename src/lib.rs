@@ -116,6 +116,14 @@
 //! [`Locks`]); behind PgBouncer in transaction mode, declare it with
 //! [`LocksBuilder::transaction_pooler`].
 //!
+//! By default each held [`AdvisoryGuard`] is a server session of its own,
+//! which it lends to the critical section (`&mut *guard`). To hold
+//! thousands of advisory locks, multiplex them onto a few shared sessions
+//! with [`LocksBuilder::advisory_sessions`]: tasks of the process then
+//! exclude each other in the client, a lock held by another process is
+//! waited for on a session of its own, drop, cancel and `lost()` keep their
+//! contract, and guards lend no session.
+//!
 //! # Beyond Rust
 //!
 //! Other languages join the same locks through the SQL protocol

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+use crate::advisory::mux::Mux;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::key::{quote_schema, validate_name};
@@ -46,6 +47,9 @@ struct Inner {
     keepalive: KeepAlive,
     /// Semaphores (name, permits) whose permits this handle has ensured.
     semaphores: Mutex<HashSet<(String, u32)>>,
+    /// The shared advisory sessions, with
+    /// [`LocksBuilder::advisory_sessions`].
+    mux: Option<Arc<Mux>>,
 }
 
 impl Locks {
@@ -75,6 +79,7 @@ impl Locks {
             schema: Locks::DEFAULT_SCHEMA.to_owned(),
             holder: None,
             max_sessions: Locks::DEFAULT_MAX_SESSIONS,
+            advisory_sessions: 0,
             statement_connections: Locks::DEFAULT_STATEMENT_CONNECTIONS,
             transaction_pooler: false,
             session_options: None,
@@ -151,6 +156,10 @@ impl Locks {
         &self.inner.keepalive
     }
 
+    pub(crate) fn mux(&self) -> Option<&Arc<Mux>> {
+        self.inner.mux.as_ref()
+    }
+
     pub(crate) fn semaphores(&self) -> &Mutex<HashSet<(String, u32)>> {
         &self.inner.semaphores
     }
@@ -164,6 +173,7 @@ pub struct LocksBuilder {
     schema: String,
     holder: Option<String>,
     max_sessions: u32,
+    advisory_sessions: u32,
     statement_connections: u32,
     transaction_pooler: bool,
     session_options: Option<PgConnectOptions>,
@@ -189,6 +199,39 @@ impl LocksBuilder {
     /// be released.
     pub fn max_sessions(mut self, n: u32) -> Self {
         self.max_sessions = n;
+        self
+    }
+
+    /// Multiplexes session advisory locks onto `n` shared sessions (default
+    /// 0: off, each guard holds a session of its own). With `n` set, one
+    /// handle can hold thousands of advisory locks on a few server
+    /// sessions:
+    ///
+    /// - [`try_lock`](crate::Advisory::try_lock), and a
+    ///   [`lock`](crate::Advisory::lock) whose key no other session holds,
+    ///   take the lock with `pg_try_advisory_lock` on one of the `n` shared
+    ///   sessions (chosen by the key), one round trip;
+    /// - tasks of this process exclude each other in the client (session
+    ///   locks are reentrant per session): a second exclusive request for
+    ///   a key this handle holds waits in the process (or `try_lock`
+    ///   returns `None`); shared requests share;
+    /// - a `lock` of a key another session holds waits in the server on a
+    ///   session of its own (within `max_sessions`), as without this
+    ///   option, and keeps the lock there;
+    /// - dropping or releasing a guard unlocks on the session the lock is
+    ///   on before any other local task can take the key; a cancelled
+    ///   acquire leaves nothing held; when a shared session dies, `lost()`
+    ///   resolves for every guard on it.
+    ///
+    /// The price: a guard has no session to lend, so its `Deref` to
+    /// [`PgConnection`](sqlx::PgConnection) panics (see
+    /// [`AdvisoryGuard`](crate::AdvisoryGuard)). The shared sessions count
+    /// against `max_sessions`; `n` must be below it and at most 64. The
+    /// server's lock table must fit the locks:
+    /// `max_locks_per_transaction × (max_connections + max_prepared_transactions)`
+    /// entries for the whole server.
+    pub fn advisory_sessions(mut self, n: u32) -> Self {
+        self.advisory_sessions = n;
         self
     }
 
@@ -257,8 +300,9 @@ impl LocksBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a schema that is not a plain identifier,
-    /// an empty or oversized holder label, `max_sessions` outside `1..=10000`
-    /// or `statement_connections` outside `1..=1000`.
+    /// an empty or oversized holder label, `max_sessions` outside `1..=10000`,
+    /// `advisory_sessions` above 64 or not below `max_sessions`, or
+    /// `statement_connections` outside `1..=1000`.
     pub fn build(self) -> Result<Locks> {
         let quoted_schema = quote_schema(&self.schema)?;
         let holder = match self.holder {
@@ -272,6 +316,15 @@ impl LocksBuilder {
             return Err(Error::invalid(
                 "max_sessions",
                 format!("must be between 1 and 10000, got {}", self.max_sessions),
+            ));
+        }
+        if self.advisory_sessions > 64 || self.advisory_sessions >= self.max_sessions {
+            return Err(Error::invalid(
+                "advisory_sessions",
+                format!(
+                    "must be at most 64 and below max_sessions ({}), got {}",
+                    self.max_sessions, self.advisory_sessions
+                ),
             ));
         }
         if !(1..=1000).contains(&self.statement_connections) {
@@ -307,6 +360,7 @@ impl LocksBuilder {
                 holder,
                 keepalive: KeepAlive::default(),
                 semaphores: Mutex::default(),
+                mux: (self.advisory_sessions > 0).then(|| Mux::new(self.advisory_sessions)),
             }),
         })
     }

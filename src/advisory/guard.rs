@@ -15,6 +15,8 @@ use crate::key::AdvisoryKey;
 use crate::session::Session;
 use crate::sql::advisory::{self as sql, Mode};
 
+use super::mux::{LocalHold, OnSlot};
+
 /// How often [`AdvisoryGuard::lost`] checks that the session still holds the
 /// lock.
 const LOST_POLL: Duration = Duration::from_millis(500);
@@ -29,9 +31,21 @@ const UNLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Dropping the guard releases the lock at once, in a spawned task; call
 /// [`release`](Self::release) to release it and learn whether it was still
 /// held.
+///
+/// With [`LocksBuilder::advisory_sessions`](crate::LocksBuilder::advisory_sessions)
+/// the guard may hold its lock on a session shared with other guards, and
+/// has no session to lend: see the `Deref` impl.
 #[must_use = "dropping the guard releases the lock"]
 pub struct AdvisoryGuard {
+    /// The guard's own session (none when multiplexed, or once released).
     session: Option<Session>,
+    /// The shared session the lock is on, when multiplexed.
+    on_slot: Option<OnSlot>,
+    /// The in-process hold of a handle with shared sessions, given up only
+    /// after the server unlock.
+    local: Option<LocalHold>,
+    /// Taken by a handle with shared sessions: no session to lend.
+    multiplexed: bool,
     db: Arc<Db>,
     key: AdvisoryKey,
     mode: Mode,
@@ -75,12 +89,77 @@ impl AdvisoryGuard {
         };
         AdvisoryGuard {
             session: Some(session),
+            on_slot: None,
+            local: None,
+            multiplexed: false,
             db,
             key,
             mode,
             id,
             used: false,
         }
+    }
+
+    /// A guard on a dedicated session of a multiplexing handle, with its
+    /// in-process hold.
+    pub(super) fn with_local(mut self, local: LocalHold) -> Self {
+        self.local = Some(local);
+        self.multiplexed = true;
+        self
+    }
+
+    /// A guard whose lock is on a shared session.
+    pub(super) fn on_slot(
+        on: OnSlot,
+        local: LocalHold,
+        db: Arc<Db>,
+        key: AdvisoryKey,
+        mode: Mode,
+        numeric: i64,
+    ) -> Self {
+        let id = SessionId {
+            pid: on.life.id.pid,
+            started: on.life.id.started,
+            key: numeric,
+        };
+        AdvisoryGuard {
+            session: None,
+            on_slot: Some(on),
+            local: Some(local),
+            multiplexed: true,
+            db,
+            key,
+            mode,
+            id,
+            used: false,
+        }
+    }
+
+    /// Unlocks wherever the lock is, then gives up the in-process hold: in
+    /// a spawned task, so neither a cancelled `release()` nor a drop can
+    /// leave a shared session mid-statement.
+    fn unlock_task(
+        &mut self,
+        warn: bool,
+    ) -> Option<tokio::task::JoinHandle<std::result::Result<bool, sqlx::Error>>> {
+        let session = self.session.take();
+        let on_slot = self.on_slot.take();
+        let local = self.local.take();
+        let (k, mode, used) = (self.id.key, self.mode, self.used);
+        let key = self.key.clone();
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(rt.spawn(async move {
+            let out = match (session, on_slot) {
+                (Some(session), _) => unlock(session, k, mode, used).await,
+                (None, Some(on)) => on.mux.unlock(&on, k, mode).await,
+                (None, None) => Ok(false),
+            };
+            drop(local);
+            if let (true, Err(e)) = (warn, &out) {
+                tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
+            }
+            out
+        }))
     }
 
     /// The key this guard holds.
@@ -108,11 +187,18 @@ impl AdvisoryGuard {
     /// server refused the unlock. Either way nothing stays held: the session
     /// is closed unless the unlock succeeded.
     pub async fn release(mut self) -> Result<()> {
-        let session = self
-            .session
-            .take()
-            .expect("guard holds its session until released");
-        match unlock(session, self.id.key, self.mode, self.used).await {
+        if let Some(s) = self.session.as_mut() {
+            // Closed, not reused, if the unlock task never finishes.
+            s.in_flight = true;
+        }
+        let Some(task) = self.unlock_task(false) else {
+            return Err(self.lost_error());
+        };
+        let out = match task.await {
+            Ok(out) => out,
+            Err(e) => Err(sqlx::Error::Protocol(format!("unlock task failed: {e}"))),
+        };
+        match out {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost_error()),
             Err(e) if e.as_database_error().is_some() => Err(e.into()),
@@ -136,10 +222,21 @@ impl AdvisoryGuard {
     /// Typical use: run the critical section in a `select!` against
     /// `lost()`.
     ///
+    /// On a shared session (see
+    /// [`LocksBuilder::advisory_sessions`](crate::LocksBuilder::advisory_sessions))
+    /// it watches the session instead, with one check twice a second for
+    /// all its guards: it resolves for every guard on it when the session
+    /// dies, or when pglock closes it after a failure.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only reads.
     pub async fn lost(&self) {
+        if let Some(on) = &self.on_slot {
+            on.life.dead(&self.db).await;
+            tracing::warn!(key = %self.key, pid = self.id.pid, "advisory lock lost (shared session)");
+            return;
+        }
         let mut failures = 0;
         loop {
             tokio::time::sleep(LOST_POLL).await;
@@ -213,10 +310,21 @@ async fn unlock(
     Ok(held)
 }
 
+/// The session that holds the lock, for work inside the critical section.
+///
+/// # Panics
+///
+/// For a guard of a handle built with
+/// [`LocksBuilder::advisory_sessions`](crate::LocksBuilder::advisory_sessions):
+/// its lock may live on a session shared by many guards, which no guard can
+/// lend (use your pool for the work instead). Such a handle's guards never
+/// deref, wherever their lock lives, so code that works in a test does not
+/// panic under contention.
 impl Deref for AdvisoryGuard {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
+        assert!(!self.multiplexed, "{MULTIPLEXED}");
         self.session
             .as_ref()
             .expect("guard holds its session until released")
@@ -228,6 +336,7 @@ impl DerefMut for AdvisoryGuard {
     fn deref_mut(&mut self) -> &mut PgConnection {
         // The caller may leave anything on the session: it is closed, not
         // reused, after the unlock.
+        assert!(!self.multiplexed, "{MULTIPLEXED}");
         self.used = true;
         self.session
             .as_mut()
@@ -236,22 +345,19 @@ impl DerefMut for AdvisoryGuard {
     }
 }
 
+const MULTIPLEXED: &str = "an AdvisoryGuard of a Locks built with advisory_sessions(..) \
+     has no session of its own to lend; run the work on your pool";
+
 impl Drop for AdvisoryGuard {
     fn drop(&mut self) {
-        let Some(mut session) = self.session.take() else {
+        if self.session.is_none() && self.on_slot.is_none() {
             return;
-        };
-        // In flight until the unlock succeeds: if the task never runs
-        // (runtime shutting down) the session is closed, not reused.
-        session.in_flight = true;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let key = self.key.clone();
-            let (k, mode, used) = (self.id.key, self.mode, self.used);
-            rt.spawn(async move {
-                if let Err(e) = unlock(session, k, mode, used).await {
-                    tracing::warn!(%key, error = %e, "unlock on drop failed; session closed");
-                }
-            });
         }
+        if let Some(s) = self.session.as_mut() {
+            // In flight until the unlock succeeds: if the task never runs
+            // (runtime shutting down) the session is closed, not reused.
+            s.in_flight = true;
+        }
+        let _detached = self.unlock_task(true);
     }
 }

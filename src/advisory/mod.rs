@@ -30,6 +30,16 @@
 //! 250 ms (`client_connection_check_interval`, PostgreSQL 14+). No session
 //! goes back for reuse holding a lock.
 //!
+//! # Many locks on a few sessions
+//!
+//! With [`LocksBuilder::advisory_sessions`](crate::LocksBuilder::advisory_sessions)
+//! a handle multiplexes its locks onto a few shared sessions instead: a
+//! `try_lock`, or a `lock` of a key no other session holds, is one
+//! `pg_try_advisory_lock` on a shared session; tasks of the process
+//! exclude each other in the client; a `lock` of a key another session
+//! holds waits in the server on a session of its own as above. Such guards
+//! lend no session to the critical section.
+//!
 //! # Transaction-mode poolers
 //!
 //! Session locks need a session: behind PgBouncer in `pool_mode=transaction`
@@ -46,6 +56,7 @@
 
 mod guard;
 mod holders;
+pub(crate) mod mux;
 
 pub use guard::AdvisoryGuard;
 pub(crate) use guard::unlock_answer;
@@ -75,7 +86,9 @@ const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// None (as DistributedLock 2.0 decided; Redisson differs). A second
 /// `advisory(k).lock()` while this process holds `k` takes another session
 /// and waits for the first guard like any other holder: tasks of one
-/// process exclude each other. In the task that holds the guard that wait
+/// process exclude each other (with
+/// [`advisory_sessions`](crate::LocksBuilder::advisory_sessions), the
+/// second request waits in the process instead). In the task that holds the guard that wait
 /// can never end, so it returns [`Error::Timeout`] if a
 /// [`timeout`](Self::timeout) is set and blocks forever otherwise: use
 /// [`try_lock`](Self::try_lock) (`None`) or a timeout where a task might
@@ -185,7 +198,10 @@ impl Advisory {
     ///
     /// Cancel safe: if the future is dropped at any point, nothing stays
     /// held. A session that had already sent the lock request is closed, and
-    /// the server drops whatever it held or was about to be granted.
+    /// the server drops whatever it held or was about to be granted. On a
+    /// shared session ([`advisory_sessions`](crate::LocksBuilder::advisory_sessions))
+    /// the statement runs in a spawned task that finishes anyway and
+    /// unlocks what it was granted.
     ///
     /// # Errors
     ///
@@ -204,6 +220,79 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
+        let Some(mux) = self.locks.mux().cloned() else {
+            return self.lock_dedicated(deadline).await;
+        };
+        // First the in-process hold: local tasks wait for each other here.
+        let local = mux.local(&self.key, self.mode());
+        let local = match deadline {
+            None => local.await,
+            Some(d) => tokio::time::timeout_at(d, local)
+                .await
+                .map_err(|_| self.timeout_error())?,
+        };
+        // Then the shared session, if no other session holds the key.
+        let local = match self.within(deadline, self.on_slot(mux, local)).await? {
+            Ok(guard) => return Ok(guard),
+            Err(local) => local,
+        };
+        // Held elsewhere: wait in the server on a dedicated session, still
+        // holding the in-process hold.
+        Ok(self.lock_dedicated(deadline).await?.with_local(local))
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            what: self.what(),
+            waited: self.timeout.unwrap_or_default(),
+        }
+    }
+
+    /// `fut` until the deadline, else [`Error::Timeout`].
+    async fn within<T>(
+        &self,
+        deadline: Option<Instant>,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .map_err(|_| self.timeout_error())?,
+        }
+    }
+
+    /// One try on the key's shared session: a guard, or the in-process
+    /// hold back when another session holds the key. The statement runs in
+    /// a spawned task: dropped midway, the task still finishes, and a guard
+    /// it made is dropped, which unlocks.
+    async fn on_slot(
+        &self,
+        mux: std::sync::Arc<mux::Mux>,
+        local: mux::LocalHold,
+    ) -> Result<std::result::Result<AdvisoryGuard, mux::LocalHold>> {
+        let db = self.locks.db().clone();
+        let (key, mode) = (self.key.clone(), self.mode());
+        let task = tokio::spawn(async move {
+            match mux.try_on_slot(&db, &key, mode).await {
+                Ok(Some((k, on))) => {
+                    tracing::debug!(%key, pid = on.life.id.pid, "advisory lock acquired on a shared session");
+                    Ok(Ok(AdvisoryGuard::on_slot(on, local, db, key, mode, k)))
+                }
+                Ok(None) => Ok(Err(local)),
+                Err(e) => Err(e),
+            }
+        });
+        match task.await {
+            Ok(out) => out,
+            Err(e) => Err(Error::from(sqlx::Error::Protocol(format!(
+                "advisory lock task failed: {e}"
+            )))),
+        }
+    }
+
+    /// The lock on a session of its own, waiting in the server.
+    async fn lock_dedicated(&self, deadline: Option<Instant>) -> Result<AdvisoryGuard> {
         // In flight until the answer is read: dropped before (cancelled) or
         // after an error, the session is closed, since the lock may have
         // been granted (the server can report 55P03 after granting).
@@ -257,6 +346,12 @@ impl Advisory {
         self.validate()?;
         self.check_session_available()?;
         let deadline = self.timeout.map(|t| Instant::now() + t);
+        if let Some(mux) = self.locks.mux().cloned() {
+            let Some(local) = mux.try_local(&self.key, self.mode()) else {
+                return Ok(None);
+            };
+            return Ok(self.within(deadline, self.on_slot(mux, local)).await?.ok());
+        }
         let mut session = self.session(deadline).await?;
         session.in_flight = true;
         let stmt = sql::try_lock(self.key.kind(), self.mode());

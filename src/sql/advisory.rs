@@ -99,6 +99,11 @@ pub(crate) const HELD_BY: &str = "SELECT pg_postmaster_start_time() = $2 \
      WHERE locktype = 'advisory' AND pid = $1 AND granted AND objsubid = 1 \
        AND ((classid::int8 << 32) | objid::int8) = $3)";
 
+/// Is session `$1` of the server started at `$2` still there? One check
+/// for every guard multiplexed on that session.
+pub(crate) const SESSION_ALIVE: &str = "SELECT pg_postmaster_start_time() = $2 \
+     AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)";
+
 /// A timed transaction lock around `$lock`: read the old `lock_timeout`,
 /// set ours, wait for the lock, put the old one back.
 macro_rules! timed_xact {
