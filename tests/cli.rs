@@ -414,12 +414,7 @@ async fn ls_names_a_previous_holders_data() {
     first.release().await.unwrap();
     let now = t.other("gpu-2").lease(&name).acquire().await.unwrap();
 
-    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
-    let table = String::from_utf8_lossy(&out.stdout);
-    let line = table
-        .lines()
-        .find(|l| l.contains(&name))
-        .unwrap_or_else(|| panic!("the lease is listed:\n{table}"));
+    let (table, line) = ls_line(&t, &name);
     assert!(
         line.contains(&format!("token {first_token} (gpu-7)")),
         "{table}"
@@ -429,21 +424,7 @@ async fn ls_names_a_previous_holders_data() {
         .find(|l| l.contains("DATA BY"))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(header.contains("HOLDER"), "{table}");
-
-    let out = pglock(&t)
-        .args(["ls", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = doc["leases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name.as_str())
-        .expect("the lease is listed")
-        .clone();
+    let row = ls_json_row(&t, &name);
     assert_eq!(row["holder"], "gpu-2");
     assert_eq!(row["token"], now.token());
     assert_eq!(row["data_token"], first_token);
@@ -464,37 +445,11 @@ async fn ls_shows_an_expired_lease_in_its_lock_delay_as_delayed() {
         .unwrap();
     lease.orphan();
     // Its holder stopped renewing a moment ago (no sleeping out the TTL).
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 ms' \
-         WHERE pool = '' AND name = $1",
-        t.schema
-    )))
-    .bind(&name)
-    .execute(&t.pool)
-    .await
-    .unwrap();
+    support::expire(&t, "", &name, Duration::from_millis(1)).await;
 
-    let out = pglock(&t).arg("ls").assert().success().get_output().clone();
-    let table = String::from_utf8_lossy(&out.stdout);
-    let line = table
-        .lines()
-        .find(|l| l.contains(&name))
-        .unwrap_or_else(|| panic!("the lease is listed:\n{table}"));
+    let (table, line) = ls_line(&t, &name);
     assert!(line.contains("delayed"), "{table}");
-    let out = pglock(&t)
-        .args(["ls", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = doc["leases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name.as_str())
-        .expect("the lease is listed")
-        .clone();
+    let row = ls_json_row(&t, &name);
     assert_eq!(row["held"], false);
     assert!(row["delayed_until"].is_string(), "{row}");
     t.locks.force_release(&name).await.unwrap();

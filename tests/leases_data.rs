@@ -99,15 +99,7 @@ async fn the_listing_names_the_acquisition_that_wrote_the_data() {
     // Acquired with data after a takeover of an expired holder: its own.
     let c = held(&t.other("gpu-3"), &n).await;
     c.orphan();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 ms' \
-         WHERE pool = '' AND name = $1",
-        t.schema
-    )))
-    .bind(&n)
-    .execute(&t.pool)
-    .await
-    .unwrap();
+    support::expire(&t, "", &n, Duration::from_millis(1)).await;
     let d = t
         .other("gpu-4")
         .lease(&n)

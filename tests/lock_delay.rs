@@ -9,30 +9,12 @@ use std::time::Duration;
 
 use pglock::Error;
 use sqlx::Row;
-use support::{TestDb, db};
+use support::{db, expire};
 
 const DELAY: Duration = Duration::from_secs(60);
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
-}
-
-/// Moves the expiry of `pool`/`name` to `ago` before now by the database
-/// clock, as if its holder had stopped renewing then.
-async fn expire(t: &TestDb, pool: &str, name: &str, ago: Duration) {
-    let n = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - $3 * interval '1 ms' \
-         WHERE pool = $1 AND name = $2 AND owner IS NOT NULL",
-        t.schema
-    )))
-    .bind(pool)
-    .bind(name)
-    .bind(ago.as_millis() as i64)
-    .execute(&t.pool)
-    .await
-    .unwrap()
-    .rows_affected();
-    assert_eq!(n, 1, "one held row {pool}/{name}");
 }
 
 #[tokio::test]

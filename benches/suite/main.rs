@@ -57,7 +57,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn wants(&self, case: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| case.contains(o.as_str()))
+        self.only.is_empty() || self.only.iter().any(|o| o == case)
     }
 
     /// Prints and keeps a record.

@@ -1,6 +1,6 @@
 """pglock from Python vs the same SQL sent raw with psycopg, in one run.
 
-    python bench/bench.py [--seconds 3] [--threads 1,8] [--fast]
+    python bench/bench.py [--seconds 3] [--threads 1,8] [--fast] [--rust]
 
 Advisory lock+unlock (``lock()`` + ``release()`` vs ``pg_advisory_lock`` /
 ``pg_advisory_unlock`` on a dedicated connection per thread) and lease
@@ -9,12 +9,20 @@ statements, prepared, on a dedicated connection per thread). Each thread
 uses its own key, so this measures overhead, not contention. Prints ops/s
 and per-cycle p50/p99. With DATABASE_URL unset it starts a throwaway
 cluster with fsync=on and synchronous_commit=on (production settings).
+
+``--rust`` also runs the crate's benchmark suite (``cargo bench --features
+internals --bench suite -- --only lease,advisory``) against the same server
+afterwards and prints the crate's rates at the same task counts, with the
+ratio Python/Rust (a release build of the suite: slow the first time).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import subprocess
 import statistics
 import threading
 import time
@@ -84,6 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", default="1,8")
+    ap.add_argument("--rust", action="store_true",
+                    help="also run the crate's suite on the same server and compare")
     ap.add_argument("--fast", action="store_true",
                     help="throwaway cluster with fsync=off, like `cargo bench`'s")
     args = ap.parse_args()
@@ -144,6 +154,28 @@ def main() -> None:
         for kind in ("advisory lock+unlock", "lease acquire+release"):
             ratio = results[(f"{kind}, pglock", threads)] / results[(f"{kind}, raw psycopg", threads)]
             print(f"  -> {kind}: pglock/raw = {ratio:.2f} at {threads} thread(s)", flush=True)
+    if args.rust:
+        rust_rates(url, args, results)
+
+
+def rust_rates(url: str, args, results) -> None:
+    """The crate's own rates for the same cases, from its benchmark suite run
+    against the same server, beside the Python ones."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, DATABASE_URL=url)
+    cmd = ["cargo", "bench", "--features", "internals", "--bench", "suite", "--",
+           "--only", "lease,advisory", "--secs", str(args.seconds), "--no-charts"]
+    print("\n== the crate, same server: " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+    doc = json.loads((root / "target" / "bench" / "suite.json").read_text())
+    threads = [int(x) for x in args.threads.split(",")]
+    for kind in ("advisory lock+unlock", "lease acquire+release"):
+        for r in doc["medians"]:
+            if r["case"] == kind and r["impl"] == "pglock" and r["tasks"] in threads:
+                py = results[(f"{kind}, pglock", r["tasks"])]
+                print(f"{kind + ', Rust crate':<44} {r['tasks']:>2} thr  {r['ops_per_s']:>9.0f} ops/s  "
+                      f"p50 {r['p50_ms'] * 1000:>7.0f} µs  p99 {r['p99_ms'] * 1000:>7.0f} µs"
+                      f"   -> Python/Rust = {py / r['ops_per_s']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -109,3 +109,34 @@ pub fn spawn_at(url: &str, schema: &str, args: &[&str]) -> tokio::process::Child
         .spawn()
         .expect("start pglock")
 }
+
+/// `pglock ls`: its table and the line that lists lease `name`.
+pub fn ls_line(t: &TestDb, name: &str) -> (String, String) {
+    let out = pglock(t).arg("ls").assert().success().get_output().clone();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = table
+        .lines()
+        .find(|l| l.contains(name))
+        .unwrap_or_else(|| panic!("the lease is listed:\n{table}"))
+        .to_owned();
+    (table, line)
+}
+
+/// `pglock ls --json`: the row of lease `name`.
+pub fn ls_json_row(t: &TestDb, name: &str) -> serde_json::Value {
+    let out = pglock(t)
+        .args(["ls", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+    doc["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .expect("the lease is listed")
+        .clone()
+}

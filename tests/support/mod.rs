@@ -207,3 +207,22 @@ fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
+
+/// Moves the expiry of the held `pool`/`name` (`""` for a plain lease) to
+/// `ago` before now by the database clock, as if its holder had stopped
+/// renewing then (no sleeping out a TTL).
+pub async fn expire(t: &TestDb, pool: &str, name: &str, ago: std::time::Duration) {
+    let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - $3 * interval '1 ms' \
+         WHERE pool = $1 AND name = $2 AND owner IS NOT NULL",
+        t.schema
+    )))
+    .bind(pool)
+    .bind(name)
+    .bind(ago.as_millis() as i64)
+    .execute(&t.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(n, 1, "one held row {pool}/{name}");
+}
