@@ -274,6 +274,7 @@ async fn raw_lease_cycle(
                 .bind("bench")
                 .bind(30_000i64)
                 .bind(None::<serde_json::Value>)
+                .bind(None::<i64>) // no lock-delay
                 .fetch_one(&mut *c)
                 .await
                 .unwrap();
@@ -313,6 +314,7 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
                 .bind("bench")
                 .bind(60_000i64)
                 .bind(None::<serde_json::Value>)
+                .bind(None::<i64>) // no lock-delay
                 .fetch_one(&mut holder)
                 .await
                 .unwrap();
@@ -340,6 +342,7 @@ async fn wake_up(url: &str, locks: &Locks, dur: Duration) {
             .bind("bench")
             .bind(60_000i64)
             .bind(None::<serde_json::Value>)
+            .bind(None::<i64>) // no lock-delay
             .fetch_one(&mut listener)
             .await
             .unwrap();

@@ -80,6 +80,7 @@ pub async fn raw_acquire<'e>(
         .bind("bench")
         .bind(ttl_ms)
         .bind(None::<serde_json::Value>)
+        .bind(None::<i64>) // no lock-delay
         .fetch_one(c)
         .await
         .unwrap();
@@ -265,6 +266,7 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .bind(format!("raw-{t}"))
                 .bind(60_000i64)
                 .bind(None::<i32>)
+                .bind(None::<i64>) // no lock-delay
                 .fetch_one(&mut *c)
                 .await
                 .unwrap();
@@ -341,6 +343,7 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .bind("bench")
                 .bind(30_000i64)
                 .bind(Some(permits as i32))
+                .bind(None::<i64>) // no lock-delay
                 .fetch_one(&mut *c)
                 .await
                 .unwrap();
