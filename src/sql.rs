@@ -54,7 +54,7 @@ WITH cur AS (
                                  data_token, data_holder)
     SELECT '', $1, t.token, $2, $3, clock_timestamp(),
            clock_timestamp() + {s}.ttl($4), $5, $6,
-           CASE WHEN $5 IS NOT NULL THEN t.token END, CASE WHEN $5 IS NOT NULL THEN $3 END
+           CASE WHEN $5::jsonb IS NOT NULL THEN t.token END, CASE WHEN $5::jsonb IS NOT NULL THEN $3::text END
       FROM (SELECT nextval('{s}.fencing_tokens') AS token) t
      WHERE NOT EXISTS (SELECT 1 FROM cur)
     ON CONFLICT (pool, name) DO NOTHING
@@ -67,8 +67,8 @@ WITH cur AS (
            acquired_at = clock_timestamp(), delay_ms = $6,
            expires_at = clock_timestamp() + {s}.ttl($4),
            data = coalesce($5, l.data), release_requested = false,
-           data_token = CASE WHEN $5 IS NOT NULL THEN tok.token ELSE l.data_token END,
-           data_holder = CASE WHEN $5 IS NOT NULL THEN $3 ELSE l.data_holder END,
+           data_token = CASE WHEN $5::jsonb IS NOT NULL THEN tok.token ELSE l.data_token END,
+           data_holder = CASE WHEN $5::jsonb IS NOT NULL THEN $3::text ELSE l.data_holder END,
            updated_at = clock_timestamp()
       FROM lk, tok
      WHERE l.pool = '' AND l.name = lk.name
