@@ -26,6 +26,19 @@ fn mux_locks(pool: &PgPool, app: &str, n: u32) -> Locks {
         .unwrap()
 }
 
+/// `key` is held elsewhere as `locks` sees it: `try_lock` gets nothing and
+/// a `lock` with a 200 ms timeout times out.
+async fn assert_excluded(locks: &Locks, key: i64) {
+    assert!(locks.advisory(key).try_lock().await.unwrap().is_none());
+    let err = locks
+        .advisory(key)
+        .timeout(Duration::from_millis(200))
+        .lock()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+}
+
 fn app() -> String {
     format!("mux-{}", uuid::Uuid::new_v4().simple())
 }
@@ -120,14 +133,7 @@ async fn tasks_of_one_process_exclude_each_other_on_a_multiplexed_key() {
     let locks = mux_locks(&pool, &app(), 2);
     let key = base();
     let first = locks.advisory(key).lock().await.unwrap();
-    assert!(locks.advisory(key).try_lock().await.unwrap().is_none());
-    let err = locks
-        .advisory(key)
-        .timeout(Duration::from_millis(200))
-        .lock()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_excluded(&locks, key).await;
     let l = locks.clone();
     let second = tokio::spawn(async move { l.advisory(key).lock().await });
     first.release().await.unwrap();
@@ -179,14 +185,7 @@ async fn a_key_named_as_text_and_as_its_hash_is_still_exclusive_in_one_process()
     let name = format!("alias-{}", uuid::Uuid::new_v4());
     let numeric = text_key(&pool, &name).await;
     let g = locks.advisory(&name).try_lock().await.unwrap().unwrap();
-    assert!(locks.advisory(numeric).try_lock().await.unwrap().is_none());
-    let err = locks
-        .advisory(numeric)
-        .timeout(Duration::from_millis(200))
-        .lock()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_excluded(&locks, numeric).await;
     g.release().await.unwrap();
     assert_released(&pool, numeric, 5).await;
     let g = locks.advisory(numeric).try_lock().await.unwrap().unwrap();
@@ -236,14 +235,7 @@ async fn another_process_is_excluded_and_a_blocked_lock_waits_on_a_dedicated_ses
     let other = Locks::new(pool.clone());
     let key = base();
     let g = locks.advisory(key).lock().await.unwrap();
-    assert!(other.advisory(key).try_lock().await.unwrap().is_none());
-    let err = other
-        .advisory(key)
-        .timeout(Duration::from_millis(200))
-        .lock()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_excluded(&other, key).await;
     g.release().await.unwrap();
     let theirs = other.advisory(key).lock().await.unwrap();
     // Held by the other process: try_lock says so, lock waits in the server.
