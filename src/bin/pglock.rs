@@ -101,6 +101,8 @@ mod duration;
 mod elect;
 #[path = "pglock/exec.rs"]
 mod exec;
+#[path = "pglock/exec_args.rs"]
+mod exec_args;
 #[path = "pglock/held.rs"]
 mod held;
 #[path = "pglock/report.rs"]

@@ -10,7 +10,7 @@ use crate::held::Held;
 
 use crate::Ctx;
 use crate::child::{self, Finished, Signals, Watch};
-use crate::cli::ExecArgs;
+use crate::exec_args::ExecArgs;
 use crate::report::{EXIT_LOST, EXIT_MAY_BE_HELD, Failure};
 use crate::waiting::{Target, Waited, interrupted, lease_loss, wait_for};
 
