@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
 use crate::key::AdvisoryKey;
-use crate::session::Session;
+use crate::session::{ConnId, Session};
 use crate::sql::advisory::{self as sql, Mode};
 
 use super::mux::{LocalHold, OnSlot};
@@ -64,6 +64,16 @@ struct SessionId {
     key: i64,
 }
 
+impl SessionId {
+    fn of(conn: &ConnId, key: i64) -> Self {
+        SessionId {
+            pid: conn.pid,
+            started: conn.started,
+            key,
+        }
+    }
+}
+
 impl fmt::Debug for AdvisoryGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdvisoryGuard")
@@ -82,22 +92,10 @@ impl AdvisoryGuard {
         mode: Mode,
         numeric: i64,
     ) -> Self {
-        let id = SessionId {
-            pid: session.id.pid,
-            started: session.id.started,
-            key: numeric,
-        };
-        AdvisoryGuard {
-            session: Some(session),
-            on_slot: None,
-            local: None,
-            multiplexed: false,
-            db,
-            key,
-            mode,
-            id,
-            used: false,
-        }
+        let id = SessionId::of(&session.id, numeric);
+        let mut guard = Self::holding_nothing(id, db, key, mode);
+        guard.session = Some(session);
+        guard
     }
 
     /// A guard on a dedicated session of a multiplexing handle, with its
@@ -117,16 +115,19 @@ impl AdvisoryGuard {
         mode: Mode,
         numeric: i64,
     ) -> Self {
-        let id = SessionId {
-            pid: on.life.id.pid,
-            started: on.life.id.started,
-            key: numeric,
-        };
+        let id = SessionId::of(&on.life.id, numeric);
+        let mut guard = Self::holding_nothing(id, db, key, mode);
+        guard.on_slot = Some(on);
+        guard.with_local(local)
+    }
+
+    /// The fields every constructor shares: no session, no hold yet.
+    fn holding_nothing(id: SessionId, db: Arc<Db>, key: AdvisoryKey, mode: Mode) -> Self {
         AdvisoryGuard {
             session: None,
-            on_slot: Some(on),
-            local: Some(local),
-            multiplexed: true,
+            on_slot: None,
+            local: None,
+            multiplexed: false,
             db,
             key,
             mode,
@@ -137,7 +138,8 @@ impl AdvisoryGuard {
 
     /// Unlocks wherever the lock is, then gives up the in-process hold: in
     /// a spawned task, so neither a cancelled `release()` nor a drop can
-    /// leave a shared session mid-statement.
+    /// leave a shared session mid-statement (a session that is the guard's
+    /// own is closed if its unlock is cut short; see `unlock`).
     fn unlock_task(
         &mut self,
         warn: bool,
@@ -186,17 +188,30 @@ impl AdvisoryGuard {
     /// or somebody unlocked it on the session); [`Error::Database`] if the
     /// server refused the unlock. Either way nothing stays held: the session
     /// is closed unless the unlock succeeded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped at any point, nothing stays held. On the guard's
+    /// own session the unlock runs in this future, and one cut short closes
+    /// the session, which ends the lock; on a shared session the unlock runs
+    /// to its end in a task of its own.
     pub async fn release(mut self) -> Result<()> {
-        if let Some(s) = self.session.as_mut() {
-            // Closed, not reused, if the unlock task never finishes.
-            s.in_flight = true;
-        }
-        let Some(task) = self.unlock_task(false) else {
-            return Err(self.lost_error());
-        };
-        let out = match task.await {
-            Ok(out) => out,
-            Err(e) => Err(sqlx::Error::Protocol(format!("unlock task failed: {e}"))),
+        let out = if self.on_slot.is_none() && self.local.is_none() {
+            // A session of its own and nothing else to give up: unlock here.
+            // Dropped mid-statement, the session is closed (it is in
+            // flight), which ends the lock with it.
+            let Some(session) = self.session.take() else {
+                return Err(self.lost_error());
+            };
+            unlock(session, self.id.key, self.mode, self.used).await
+        } else {
+            let Some(task) = self.unlock_task(false) else {
+                return Err(self.lost_error());
+            };
+            match task.await {
+                Ok(out) => out,
+                Err(e) => Err(sqlx::Error::Protocol(format!("unlock task failed: {e}"))),
+            }
         };
         match out {
             Ok(true) => Ok(()),
