@@ -10,8 +10,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
@@ -19,6 +21,33 @@ use pyo3_async_runtimes::generic::{ContextExt, JoinError, Runtime as GenericRunt
 
 /// How long a blocking wait runs before it looks for signals (Ctrl-C).
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
+
+/// How long the only thread in [`wait`] yields its CPU in a loop before it
+/// sleeps: about two round trips to a server on the same host. An answer
+/// within that time reaches a thread that is still running, instead of one
+/// the kernel must wake (on a virtual machine, an idle CPU's wake-up costs
+/// about as much as the round trip). With more than one thread waiting,
+/// each sleeps at once: they would only take CPU time from each other.
+const SPIN: Duration = Duration::from_micros(150);
+
+/// How many threads are in [`wait`] now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts its thread in [`WAITING`] while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Waiting {
+        WAITING.fetch_add(1, Ordering::Relaxed);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 struct Slot {
     pid: u32,
@@ -62,10 +91,18 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     }
 }
 
-/// Runs `fut` to completion on the runtime with the GIL released, in slices
-/// of [`SIGNAL_SLICE`] that check for signals between them: Ctrl-C raises
+/// Runs `fut` to completion with the GIL released, in slices of
+/// [`SIGNAL_SLICE`] that check for signals between them: Ctrl-C raises
 /// `KeyboardInterrupt` within one slice and drops the future (pglock's
 /// futures are cancel safe, so nothing stays held).
+///
+/// The future is polled on the calling thread, inside the runtime's context
+/// (its sockets and timers register with the runtime, whose worker threads
+/// drive them). Between polls the thread waits for the waker: it yields its
+/// CPU for up to [`SPIN`] if it is the only waiting thread, then sleeps in
+/// [`std::thread::park_timeout`] until the waker or the slice's end. The
+/// slice needs no tokio timer, which `block_on(timeout(..))` would register
+/// and cancel on every call.
 pub(crate) fn wait<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send,
@@ -75,13 +112,59 @@ where
     // Anything dropped here (the future, a value it left) drops inside the
     // runtime, so a lease's drop can still spawn its release.
     let _context = rt.enter();
+    let _waiting = Waiting::enter();
+    let wake = Arc::new(ThreadWake {
+        woken: AtomicBool::new(false),
+        thread: std::thread::current(),
+    });
+    let waker = Waker::from(wake.clone());
     let mut fut = std::pin::pin!(fut);
     loop {
-        let slice = py.detach(|| rt.block_on(tokio::time::timeout(SIGNAL_SLICE, fut.as_mut())));
+        let slice = py.detach(|| {
+            let mut cx = Context::from_waker(&waker);
+            let end = Instant::now() + SIGNAL_SLICE;
+            loop {
+                if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                    return Some(out);
+                }
+                // Wait until the waker runs or the slice ends; a wake that
+                // came during the poll is already in `woken`.
+                let pending = Instant::now();
+                while !wake.woken.swap(false, Ordering::Acquire) {
+                    let now = Instant::now();
+                    if now >= end {
+                        return None;
+                    }
+                    if now - pending < SPIN && WAITING.load(Ordering::Relaxed) == 1 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::park_timeout(end - now);
+                    }
+                }
+            }
+        });
         match slice {
-            Ok(out) => return out,
-            Err(_elapsed) => py.check_signals()?,
+            Some(out) => return out,
+            None => py.check_signals()?,
         }
+    }
+}
+
+/// The waker of [`wait`]: marks the future as ready to poll and unparks the
+/// waiting thread.
+struct ThreadWake {
+    woken: AtomicBool,
+    thread: std::thread::Thread,
+}
+
+impl Wake for ThreadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
     }
 }
 
