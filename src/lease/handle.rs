@@ -76,7 +76,7 @@ impl LeaseRef {
     /// The server's expiry time as of the last acquire or renewal (database
     /// clock).
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.shared.state.borrow().expires_at
+        self.shared.state.get().expires_at
     }
 
     /// Time left before the holder's own (conservative) deadline; zero once
@@ -96,7 +96,7 @@ impl LeaseRef {
     /// [`release_requested`](Self::release_requested) waited, or by a
     /// renewal): the non-waiting form of that wait. Sends no SQL.
     pub fn is_release_requested(&self) -> bool {
-        self.shared.state.borrow().release_requested
+        self.shared.state.get().release_requested
     }
 
     /// The JSON payload: as found at acquire time, or as last set.
@@ -200,20 +200,20 @@ impl LeaseRef {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        let mut rx = self.shared.state.subscribe();
         loop {
-            let s = *rx.borrow_and_update();
+            let changed = self.shared.state.changed();
+            let s = self.shared.state.get();
             if s.lost {
                 return;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(s.deadline) => {
-                    if self.shared.state.borrow().deadline <= Instant::now() {
+                    if self.shared.state.get().deadline <= Instant::now() {
                         self.shared.mark_lost("local deadline passed without renewal");
                         return;
                     }
                 }
-                changed = rx.changed() => if changed.is_err() { return },
+                _ = changed => {}
             }
         }
     }
@@ -230,7 +230,7 @@ impl LeaseRef {
         let s = &self.shared;
         let topic = s.id.scope.holder_topic(&s.id.name);
         let look = || async {
-            if s.state.borrow().release_requested {
+            if s.state.get().release_requested {
                 return Ok(Look::Done(()));
             }
             let asked = db
@@ -241,17 +241,13 @@ impl LeaseRef {
             if let Ok(Some(row)) = asked
                 && row.try_get::<bool, _>(0).unwrap_or(false)
             {
-                s.state.send_modify(|st| st.release_requested = true);
+                s.state
+                    .modify(|st| !std::mem::replace(&mut st.release_requested, true));
                 return Ok(Look::Done(()));
             }
             Ok(Look::WhenWoken)
         };
-        let changed = || {
-            let mut rx = s.state.subscribe();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
+        let changed = || s.state.changed();
         // Only the LISTEN connection can fail here: try again shortly.
         while until_done(&db.hub, None, &topic, look, changed)
             .await
