@@ -73,10 +73,14 @@ pub struct LeasePool {
 pub struct PoolStatus {
     /// Every item ever added.
     pub total: u64,
-    /// Items that can be claimed now (free, released or expired).
+    /// Items that can be claimed now (free, released, or expired and past
+    /// their lock-delay).
     pub free: u64,
     /// Items held now.
     pub held: u64,
+    /// Items whose holder's lease expired and whose lock-delay is not over
+    /// yet: nobody can claim them until it is.
+    pub delayed: u64,
     /// Items completed for good.
     pub done: u64,
 }
@@ -178,6 +182,7 @@ impl LeasePool {
             total: count("total")?,
             free: count("free")?,
             held: count("held")?,
+            delayed: count("delayed")?,
             done: count("done")?,
         })
     }

@@ -313,7 +313,7 @@ async fn pool_all_from_three_processes_completes_every_item_once() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         status,
-        json!({"pool": pool, "total": 12, "free": 0, "held": 0, "done": 12})
+        json!({"pool": pool, "total": 12, "free": 0, "held": 0, "delayed": 0, "done": 12})
     );
     // Drained: a single claim has nothing to run.
     pglock(&t)

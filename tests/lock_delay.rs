@@ -179,8 +179,16 @@ async fn an_expired_pool_item_is_delayed_a_released_one_is_not() {
         .find(|l| l.pool.as_deref() == Some(pool_name.as_str()))
         .expect("the expired item is listed");
     assert!(!row.held && row.delayed_until.is_some(), "{row:?}");
+    let status = t.locks.lease_pool(&pool_name).status().await.unwrap();
+    assert_eq!(
+        (status.free, status.held, status.delayed),
+        (0, 0, 1),
+        "a delayed item is neither free nor held: {status:?}"
+    );
 
     expire(&t, &pool_name, "only", DELAY + Duration::from_millis(1)).await;
+    let status = t.locks.lease_pool(&pool_name).status().await.unwrap();
+    assert_eq!((status.free, status.delayed), (1, 0), "{status:?}");
     let taken = third.lease_pool(&pool_name).claim().try_acquire().await;
     let taken = taken.unwrap().expect("free once the delay is over");
     taken.release().await.unwrap();

@@ -251,6 +251,7 @@ class PoolStatus:
     total: int
     free: int
     held: int
+    delayed: int
     done: int
 
 class PoolItem:

@@ -111,7 +111,7 @@ impl LeasePool {
         })
     }
 
-    /// Counts of items: total, free, held, done.
+    /// Counts of items: total, free, held, delayed, done.
     fn status(&self, py: Python<'_>) -> PyResult<PoolStatus> {
         let pool = self.pool(py)?;
         let s = wait(py, async move { pool.status().await.map_err(to_py) })?;
@@ -119,6 +119,7 @@ impl LeasePool {
             total: s.total,
             free: s.free,
             held: s.held,
+            delayed: s.delayed,
             done: s.done,
         })
     }
@@ -295,6 +296,7 @@ pub(crate) struct PoolStatus {
     total: u64,
     free: u64,
     held: u64,
+    delayed: u64,
     done: u64,
 }
 
@@ -302,8 +304,8 @@ pub(crate) struct PoolStatus {
 impl PoolStatus {
     fn __repr__(&self) -> String {
         format!(
-            "PoolStatus(total={}, free={}, held={}, done={})",
-            self.total, self.free, self.held, self.done
+            "PoolStatus(total={}, free={}, held={}, delayed={}, done={})",
+            self.total, self.free, self.held, self.delayed, self.done
         )
     }
 }

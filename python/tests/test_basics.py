@@ -45,7 +45,7 @@ def test_pool_claims_until_drained(locks):
             trial.complete()
     assert sorted(seen) == ["lr=1e-3", "lr=3e-4"]
     s = trials.status()
-    assert (s.total, s.free, s.held, s.done) == (2, 0, 0, 2)
+    assert (s.total, s.free, s.held, s.delayed, s.done) == (2, 0, 0, 0, 2)
     with pytest.raises(pglock.PoolDrained):
         trials.claim().acquire()
 

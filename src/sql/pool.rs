@@ -120,12 +120,16 @@ SELECT false, NULL, NULL, NULL, NULL,
  WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
 /// Counts of a pool, in one scan of its rows, and whether the pool exists
-/// (a pools row: some item was once added).
+/// (a pools row: some item was once added). An expired item whose
+/// lock-delay is not over is `delayed`: neither held nor free yet.
 pub(super) const POOL_STATUS: &str = "\
 SELECT EXISTS (SELECT 1 FROM {s}.pools WHERE name = $1) AS pool_exists,
        count(*) AS total,
-       count(*) FILTER (WHERE NOT done AND (owner IS NULL OR expires_at <= clock_timestamp())) AS free,
+       count(*) FILTER (WHERE NOT done AND (owner IS NULL
+                        OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())) AS free,
        count(*) FILTER (WHERE NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp()) AS held,
+       count(*) FILTER (WHERE NOT done AND owner IS NOT NULL AND expires_at <= clock_timestamp()
+                          AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' > clock_timestamp()) AS delayed,
        count(*) FILTER (WHERE done) AS done
   FROM {s}.leases WHERE pool = $1";
 

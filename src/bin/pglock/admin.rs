@@ -112,6 +112,7 @@ pub(crate) async fn pool_status(
             "total": s.total,
             "free": s.free,
             "held": s.held,
+            "delayed": s.delayed,
             "done": s.done,
         });
         if with_items {
@@ -134,8 +135,12 @@ pub(crate) async fn pool_status(
         print(doc);
         return Ok(0);
     }
+    let delayed = match s.delayed {
+        0 => String::new(),
+        n => format!(", {n} delayed"),
+    };
     print(format_args!(
-        "pool {pool:?}: {} item(s): {} free, {} held, {} done",
+        "pool {pool:?}: {} item(s): {} free, {} held{delayed}, {} done",
         s.total, s.free, s.held, s.done
     ));
     if with_items && !items.is_empty() {
