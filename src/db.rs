@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::session::{Limits, Pooler};
 use crate::session::{POOLED_BEGIN, Session, Sessions, end_pooled, is_dead};
 use crate::sql::Statements;
-use crate::wait::Hub;
+use crate::wait::hub::Hub;
 
 /// A statement with its parameters bound.
 pub(crate) type Q = Query<'static, Postgres, PgArguments>;

@@ -33,7 +33,7 @@ use crate::db::{Db, Repeat};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Kind};
 
-mod hub;
+pub(crate) mod hub;
 
 pub(crate) use hub::{Hub, Topic};
 

@@ -16,14 +16,11 @@ use crate::session::{ConnId, Session};
 use crate::sql::advisory::{self as sql, Mode};
 
 use super::mux::{LocalHold, OnSlot};
+use super::unlock::unlock_answer;
 
 /// How often [`AdvisoryGuard::lost`] checks that the session still holds the
 /// lock.
 const LOST_POLL: Duration = Duration::from_millis(500);
-
-/// Longest wait for an unlock's answer (a query the caller left running on
-/// the session delays it); then the session is closed instead.
-const UNLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A held advisory lock. Derefs to the session ([`PgConnection`]) that holds
 /// it, for work inside the critical section.
@@ -287,21 +284,7 @@ impl AdvisoryGuard {
     }
 }
 
-/// The answer of an unlock statement, or an I/O error (the session is then
-/// closed) if none came within [`UNLOCK_TIMEOUT`].
-pub(crate) async fn unlock_answer(
-    query: impl std::future::Future<Output = std::result::Result<bool, sqlx::Error>>,
-) -> std::result::Result<bool, sqlx::Error> {
-    match tokio::time::timeout(UNLOCK_TIMEOUT, query).await {
-        Ok(held) => held,
-        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer to the unlock within {UNLOCK_TIMEOUT:?}"),
-        ))),
-    }
-}
-
-/// Unlocks, within [`UNLOCK_TIMEOUT`]. The session goes back for reuse only
+/// Unlocks, within [`UNLOCK_TIMEOUT`](super::unlock::UNLOCK_TIMEOUT). The session goes back for reuse only
 /// if the unlock answered that it held the lock and the caller never `used`
 /// the session: a session the caller ran statements on may carry anything
 /// (an open transaction, settings, other locks, LISTENs), so it is closed

@@ -57,11 +57,12 @@
 mod guard;
 mod holders;
 pub(crate) mod mux;
+mod unlock;
 mod xact;
 
 pub use guard::AdvisoryGuard;
-pub(crate) use guard::unlock_answer;
 pub use holders::AdvisoryLockInfo;
+pub(crate) use unlock::unlock_answer;
 
 use std::time::Duration;
 

@@ -37,7 +37,7 @@ use crate::key::AdvisoryKey;
 use crate::session::{ConnId, Session, is_dead};
 use crate::sql::advisory::{self as sql, Mode};
 
-use super::guard::unlock_answer;
+use super::unlock::unlock_answer;
 
 /// A shared session found dead by a statement that therefore granted
 /// nothing: worth one more try on a new session.
