@@ -107,6 +107,8 @@ mod exec_args;
 mod held;
 #[path = "pglock/report.rs"]
 mod report;
+#[path = "pglock/run.rs"]
+mod run;
 #[path = "pglock/stats.rs"]
 mod stats;
 #[path = "pglock/waiting.rs"]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::duration;
-use crate::exec_args::{EXEC_HELP, ExecArgs};
+use crate::exec_args::{EXEC_HELP, ExecArgs, RunArgs};
 
 /// The heading of the options every command takes.
 const GLOBAL: &str = "Global options";
@@ -206,24 +206,8 @@ pub(crate) struct ElectArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     pub(crate) ttl: Duration,
 
-    /// After a lost leadership, how long the command has between SIGTERM
-    /// and SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
-    pub(crate) grace: Duration,
-
-    /// When the command has ended, how long pglock keeps retrying a release
-    /// that fails before it gives up with exit 71.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "30s",
-        value_parser = duration::parse
-    )]
-    pub(crate) release_timeout: Duration,
-
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    pub(crate) command: Vec<String>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
 }
 
 const POOL_HELP: &str = "\

@@ -7,9 +7,10 @@ use serde_json::json;
 use crate::Ctx;
 use crate::child::Signals;
 use crate::cli::ElectArgs;
-use crate::exec::{end_lease, lease_env, supervise_lease};
+use crate::exec::lease_env;
 use crate::held::Held;
 use crate::report::{EXIT_NOT_OBTAINED, Failure, print};
+use crate::run::run_under;
 use crate::waiting::{Target, Waited, interrupted, wait_for};
 
 /// Runs `pglock elect`: campaign, run the command while leading, resign
@@ -39,12 +40,7 @@ pub(crate) async fn elect(
     let mut env = lease_env(ctx, &lease);
     env.push(("PGLOCK_ELECTION", args.name.clone()));
     env.push(("PGLOCK_VALUE", value));
-    let finished = supervise_lease(ctx, &lease, &args.command, &env, args.grace, signals).await;
-    Ok(
-        end_lease(ctx, lease, finished, args.grace, args.release_timeout)
-            .await?
-            .code,
-    )
+    run_under(ctx, lease, &args.run, &env, signals).await
 }
 
 /// Runs `pglock leader`: prints `TOKEN<TAB>VALUE<TAB>HOLDER` (or JSON) for

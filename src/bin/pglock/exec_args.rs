@@ -89,8 +89,15 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "JSON", value_parser = JsonParser, requires = "lease")]
     pub(crate) data: Option<Value>,
 
-    /// After a lost lock, how long the command has between SIGTERM and
-    /// SIGKILL.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// What `exec` and `elect` share: the command, and how it is stopped.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// After a lost lock or leadership, how long the command has between
+    /// SIGTERM and SIGKILL.
     #[arg(
         long,
         value_name = "DURATION",
