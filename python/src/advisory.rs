@@ -11,8 +11,8 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::convert;
 use crate::errors::{foreign, invalid, to_py};
+use crate::handle::Locks;
 use crate::lease::{raised, ready};
-use crate::locks::Locks;
 use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
 

@@ -13,9 +13,9 @@ use pyo3::prelude::*;
 
 use crate::convert;
 use crate::errors::{foreign, to_py};
+use crate::handle::Locks;
 use crate::held::Held;
 use crate::lease::{FenceSql, Lease, fence_sql};
-use crate::locks::Locks;
 use crate::runtime::{awaitable, in_context, wait};
 
 /// An election: `campaign(value)` to lead it, `leader()` to see who leads,

@@ -15,8 +15,8 @@ use pyo3::types::PyTuple;
 
 use crate::convert;
 use crate::errors::{LeaseLost, foreign, invalid, to_py};
+use crate::handle::Locks;
 use crate::held::{Held, Kind};
-use crate::locks::Locks;
 use crate::request::{Entered, Req, acquiring_methods};
 use crate::runtime::{awaitable, in_context, runtime, wait};
 

@@ -7,6 +7,7 @@ mod advisory;
 mod convert;
 mod election;
 mod errors;
+mod handle;
 mod held;
 mod lease;
 mod locks;
@@ -21,7 +22,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
-    m.add_class::<locks::Locks>()?;
+    m.add_class::<handle::Locks>()?;
     m.add_class::<advisory::Advisory>()?;
     m.add_class::<advisory::AdvisoryGuard>()?;
     m.add_class::<advisory::AdvisoryAll>()?;

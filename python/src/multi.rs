@@ -10,9 +10,9 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::advisory::members;
 use crate::convert;
 use crate::errors::{foreign, invalid, to_py};
+use crate::handle::Locks;
 use crate::held::Held;
 use crate::lease::{Acquired, FenceSql, Lease, fence_sql, fence_via, raised, ready, within};
-use crate::locks::Locks;
 use crate::request::{Entered, entering_methods};
 use crate::runtime::{awaitable, in_context, wait};
 

@@ -10,8 +10,8 @@ use pyo3::types::PyList;
 
 use crate::convert;
 use crate::errors::{PoolDrained, to_py};
+use crate::handle::Locks;
 use crate::lease::{Acquired, FenceSql, Lease, fence_sql};
-use crate::locks::Locks;
 use crate::request::{Entered, Req, acquiring_methods};
 use crate::runtime::{awaitable, wait};
 

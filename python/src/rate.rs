@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::convert;
 use crate::errors::to_py;
-use crate::locks::Locks;
+use crate::handle::Locks;
 use crate::runtime::{awaitable, wait};
 
 /// At most `n` acquisitions per `per` seconds, across every process.
