@@ -143,6 +143,16 @@ impl Locks {
         &self.inner.db.sql
     }
 
+    /// How many tasks of this handle wait for `topic` (a lease's name, or
+    /// `"\u{1f}<pool>"`) in its wake-up queue, marked and past the look
+    /// after the mark: for pglock's own tests, behind the unstable
+    /// `internals` feature.
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn __queued(&self, topic: &str) -> usize {
+        self.inner.db.hub.queued(topic)
+    }
+
     /// The pool this handle was created with.
     pub fn pool(&self) -> &PgPool {
         &self.inner.db.pool

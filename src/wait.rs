@@ -7,11 +7,12 @@
 //! `<schema>.waiters` ([`Mark`]), since every NOTIFY serializes commits on
 //! the server. The hub's task receives it and wakes the waiters of that
 //! name (and only them). A waiter ([`until_done`]) subscribes after its
-//! first look fails, then marks itself, and re-arms its wake-up before
-//! every later look, so a release between a look and the sleep that
-//! follows is never missed. It removes its mark when it stops waiting (done,
-//! timed out or cancelled: in a task, from `Drop`); a mark whose removal was
-//! lost ages out after [`MARK_TTL`]. The connection is opened
+//! first look fails, then makes sure its topic is marked, and re-arms its
+//! wake-up before every later look, so a release between a look and the
+//! sleep that follows is never missed. The waiters of one topic in one
+//! `Locks` share one mark ([`MarkState`]); the last to stop waiting (done,
+//! timed out or cancelled) removes it, in a task, from `Drop`; a mark whose
+//! removal was lost ages out after [`MARK_TTL`]. The connection is opened
 //! on first need, beside the caller's pool, and reopened if it drops; after a
 //! reconnect every waiter is woken once, since notifications sent while the
 //! connection was down are lost.
@@ -72,69 +73,126 @@ pub(crate) const MARK_TTL: Duration = Duration::from_secs(20);
 /// nothing else wakes it first).
 const MARK_RENEW: Duration = Duration::from_secs(8);
 
-/// One waiter's mark in `<schema>.waiters`: while it lives, releases of its
-/// topic send their NOTIFY. Dropped, it is removed (in a task).
-pub(crate) struct Mark {
-    db: Arc<Db>,
-    payload: String,
+/// The state of one topic's mark in this process (kept in its [`Topic`]):
+/// every waiter of the topic in one `Locks` shares one mark, so a hot
+/// lease's waiters write it once and renew it every [`MARK_RENEW`], not
+/// twice per wait (each write is a commit).
+#[derive(Debug, Default)]
+pub(crate) struct MarkState {
+    /// The mark's waiter id: nil until it is first written, and a new one
+    /// after each removal (so a removal still in flight never takes away
+    /// the mark written after it).
     waiter: uuid::Uuid,
     /// When the mark was last written (by the client clock: renewed well
     /// before the server would let it age out).
     at: Option<Instant>,
-    /// A write was sent (it may have committed even if its answer never
-    /// came): removed on drop.
+    /// A write was sent under `waiter` (it may have committed even if its
+    /// answer never came): removed when the last waiter leaves.
     sent: bool,
+    /// The waiters sharing the mark.
+    waiting: usize,
+    /// Those of them that have looked once more after the mark was
+    /// written, and so are in their topic's wake-up queue with the mark in
+    /// place (for pglock's own tests: [`Hub::queued`]).
+    pub(crate) queued: usize,
+}
+
+impl MarkState {
+    /// Whether the mark is written and not yet due for renewal.
+    fn live(&self) -> bool {
+        self.at.is_some_and(|t| t.elapsed() < MARK_RENEW)
+    }
+}
+
+/// One waiter's share of its topic's mark in `<schema>.waiters`: while
+/// any share lives, releases of the topic send their NOTIFY. When the last
+/// share is dropped, the mark is removed (in a task).
+pub(crate) struct Mark {
+    db: Arc<Db>,
+    topic: Arc<Topic>,
+    payload: String,
+    /// Counted in [`MarkState::queued`].
+    queued: bool,
 }
 
 impl Mark {
-    fn new(db: &Arc<Db>, topic: &str) -> Mark {
+    fn new(db: &Arc<Db>, topic: &Arc<Topic>, name: &str) -> Mark {
+        topic.mark.lock().unwrap().waiting += 1;
         Mark {
             db: db.clone(),
-            payload: payload(&db.schema, topic),
-            waiter: uuid::Uuid::new_v4(),
-            at: None,
-            sent: false,
+            topic: topic.clone(),
+            payload: payload(&db.schema, name),
+            queued: false,
+        }
+    }
+
+    /// Counts this waiter as queued: it looked after the mark was written.
+    fn looked(&mut self) {
+        if !self.queued {
+            self.queued = true;
+            self.topic.mark.lock().unwrap().queued += 1;
         }
     }
 
     /// Whether the mark is written and not yet due for renewal.
     fn live(&self) -> bool {
-        self.at.is_some_and(|t| t.elapsed() < MARK_RENEW)
+        self.topic.mark.lock().unwrap().live()
     }
 
-    /// Writes (or renews) the mark, in one statement.
+    /// Writes (or renews) the mark, in one statement, unless another
+    /// waiter of the topic just did.
     async fn write(&mut self) -> Result<()> {
+        let _one = self.topic.mark_write.lock().await;
+        let waiter = {
+            let mut m = self.topic.mark.lock().unwrap();
+            if m.live() {
+                return Ok(());
+            }
+            if m.waiter.is_nil() {
+                m.waiter = uuid::Uuid::new_v4();
+            }
+            m.sent = true;
+            m.waiter
+        };
         let sent = Instant::now();
         let ttl_ms = MARK_TTL.as_millis() as i64;
-        let (p, w) = (self.payload.clone(), self.waiter);
-        self.sent = true;
+        let p = self.payload.clone();
         self.db
             .fetch_optional(Repeat::Safe, &self.db.sql.wait_mark, move |q| {
-                q.bind(p.clone()).bind(w).bind(ttl_ms)
+                q.bind(p.clone()).bind(waiter).bind(ttl_ms)
             })
             .await?;
-        self.at = Some(sent);
+        // `waiter` is still the mark's id: it changes only once no share is
+        // left, and this one lives.
+        self.topic.mark.lock().unwrap().at = Some(sent);
         Ok(())
     }
 }
 
 impl Drop for Mark {
     fn drop(&mut self) {
-        if !self.sent {
+        let gone = {
+            let mut m = self.topic.mark.lock().unwrap();
+            m.waiting -= 1;
+            m.queued -= usize::from(self.queued);
+            if m.waiting > 0 {
+                return;
+            }
+            let gone = m.sent.then_some(m.waiter);
+            *m = MarkState::default();
+            gone
+        };
+        let Some(waiter) = gone else {
             return;
-        }
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (db, p, w) = (
-            self.db.clone(),
-            std::mem::take(&mut self.payload),
-            self.waiter,
-        );
+        let (db, p) = (self.db.clone(), std::mem::take(&mut self.payload));
         rt.spawn(async move {
             let gone = db
                 .fetch_all(Repeat::Safe, &db.sql.wait_unmark, move |q| {
-                    q.bind(p.clone()).bind(w)
+                    q.bind(p.clone()).bind(waiter)
                 })
                 .await;
             if let Err(e) = gone {
@@ -269,7 +327,7 @@ where
     let topic = hub.subscribe(topic_name).await?;
     let mut mark = mark
         .filter(|_| hub.listens())
-        .map(|db| Mark::new(db, topic_name));
+        .map(|db| Mark::new(db, &topic, topic_name));
     let queue = if mark.is_some() {
         &topic.one
     } else {
@@ -292,7 +350,11 @@ where
             Some(_) => true,
             None => false,
         };
-        let sleep = match attempt().await {
+        let look = attempt().await;
+        if let (Some(m), true, Ok(_)) = (&mut mark, marked, &look) {
+            m.looked();
+        }
+        let sleep = match look {
             Ok(Look::Done(v)) => return Ok(v),
             Ok(Look::Again(d)) => Some(d.min(MAX_WAIT) + jitter()),
             Ok(Look::WhenWoken) if marked => Some(MARK_RENEW),

@@ -1,7 +1,8 @@
 //! NOTIFY only when someone waits: a release with no waiter sends none, a
-//! waiter's mark makes the release wake it, and a waiter that stops
-//! (acquired, timed out, cancelled) leaves no mark behind; against a real
-//! PostgreSQL.
+//! waiter's mark makes the release wake it, the waiters of one `Locks`
+//! share one mark, and a waiter that stops (acquired, timed out, cancelled)
+//! leaves no mark behind; against a real PostgreSQL. Needs the `internals`
+//! feature (`Locks::__queued`).
 //!
 //! Whether a release sent a NOTIFY is read deterministically: a LISTEN
 //! connection, then the release, then a sentinel `pg_notify` sent after the
@@ -244,20 +245,6 @@ async fn pool_and_semaphore_waiters_are_notified_by_a_release() {
     got.release().await.unwrap();
 }
 
-/// Whether a lease acquire statement ended after the latest mark was
-/// written: the newest waiter has made the look that follows its mark.
-async fn looked_after_latest_mark(t: &TestDb) -> bool {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                         WHERE state = 'idle' AND query LIKE 'WITH cur AS%'
-                           AND state_change > (SELECT max(until) FROM \"{}\".waiters) - interval '20 s')",
-        t.schema
-    )))
-    .fetch_one(&t.pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_of_one_process_get_the_lease_in_the_order_they_queued() {
     for _ in 0..20 {
@@ -281,21 +268,23 @@ async fn waiters_of_one_process_get_the_lease_in_the_order_they_queued() {
                     l.release().await.unwrap();
                 }
             });
-            // Queued: marked, and its look after the mark is done.
-            eventually(10, "the waiter marked itself", || async {
-                marks(&t).await == i + 1
-            })
-            .await;
-            eventually(10, "the waiter looked again", || {
-                looked_after_latest_mark(&t)
+            // Queued: its look after the mark is done.
+            eventually(10, "the waiter queued", || async {
+                b.__queued(&n) == i as usize + 1
             })
             .await;
         }
+        // The four share one mark.
+        assert_eq!(marks(&t).await, 1, "one mark per topic per Locks");
         a.release().await.unwrap();
         let mut order = Vec::new();
         for _ in 0..4 {
             order.push(rx.recv().await.unwrap());
         }
         assert_eq!(order, [0, 1, 2, 3], "FIFO among the waiters of one process");
+        eventually(10, "the last waiter removed the shared mark", || async {
+            marks(&t).await == 0
+        })
+        .await;
     }
 }

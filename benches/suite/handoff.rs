@@ -1,5 +1,8 @@
 //! Hot hand-off: one lease, 32 waiters in 2 processes (16 tasks each), each
-//! acquiring, holding it for `HOLD`, releasing, and queueing again.
+//! acquiring, holding it, releasing, and queueing again; once with no hold
+//! (the same work per hand-off as the 1-task floor's acquire+release, so
+//! the ratio is the hand-off's own cost) and once with a 1 ms hold (a
+//! holder that does something: tokio's timer makes it 1-2 ms).
 //!
 //! Reported: hand-offs per second; the hand-off gap (from one holder's
 //! release being sent to the next holder having the lease, i.e. the wait
@@ -18,7 +21,7 @@ use crate::{Ctx, exec};
 
 const SCHEMA: &str = "bench_handoff";
 const NAME: &str = "hot";
-const HOLD: Duration = Duration::from_millis(1);
+const HOLDS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(1)];
 const PER_PROCESS: usize = 16;
 
 fn now_us() -> u64 {
@@ -32,7 +35,12 @@ fn now_us() -> u64 {
 /// wall-clock microseconds (comparable across the two processes).
 type Event = (usize, u64, u64, u64);
 
-async fn hammer(url: &str, proc_id: usize, start_us: u64, end_us: u64) -> Vec<Event> {
+async fn hammer(
+    url: &str,
+    proc_id: usize,
+    hold: Duration,
+    (start_us, end_us): (u64, u64),
+) -> Vec<Event> {
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect(url)
@@ -61,7 +69,9 @@ async fn hammer(url: &str, proc_id: usize, start_us: u64, end_us: u64) -> Vec<Ev
                     .await
                     .unwrap_or_else(|e| panic!("waiter {waiter}: {e}"));
                 let t1 = now_us();
-                tokio::time::sleep(HOLD).await;
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
                 let t2 = now_us();
                 lease.release().await.unwrap();
                 ev.push((waiter, t0, t1, t2));
@@ -76,16 +86,24 @@ async fn hammer(url: &str, proc_id: usize, start_us: u64, end_us: u64) -> Vec<Ev
     all
 }
 
-/// The second process: `--worker handoff URL START_US END_US`; prints one
-/// event per line.
+/// The second process: `--worker handoff URL HOLD_US START_US END_US`;
+/// prints one event per line.
 pub async fn worker(args: &[String]) {
-    let (url, start, end) = (&args[0], args[1].parse().unwrap(), args[2].parse().unwrap());
-    for (w, a, b, c) in hammer(url, 1, start, end).await {
+    let url = &args[0];
+    let hold = Duration::from_micros(args[1].parse().unwrap());
+    let window = (args[2].parse().unwrap(), args[3].parse().unwrap());
+    for (w, a, b, c) in hammer(url, 1, hold, window).await {
         println!("{w} {a} {b} {c}");
     }
 }
 
 pub async fn run(ctx: &mut Ctx) {
+    for hold in HOLDS {
+        phase(ctx, hold).await;
+    }
+}
+
+async fn phase(ctx: &mut Ctx, hold: Duration) {
     exec(
         &ctx.pool,
         &format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"),
@@ -106,6 +124,7 @@ pub async fn run(ctx: &mut Ctx) {
             "--worker",
             "handoff",
             &ctx.url,
+            &hold.as_micros().to_string(),
             &start.to_string(),
             &end.to_string(),
         ])
@@ -113,7 +132,7 @@ pub async fn run(ctx: &mut Ctx) {
         .kill_on_drop(true)
         .spawn()
         .expect("start the second hand-off process");
-    let mut ev = hammer(&ctx.url, 0, start, end).await;
+    let mut ev = hammer(&ctx.url, 0, hold, (start, end)).await;
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "hand-off worker failed");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -145,13 +164,12 @@ pub async fn run(ctx: &mut Ctx) {
         per[e.0] += 1;
     }
     let elapsed = Duration::from_micros(end - start);
-    let mut r = Record::from_lat(
-        "hot hand-off gap (32 waiters, 2 procs)",
-        "pglock",
-        2 * PER_PROCESS,
-        gaps,
-        elapsed,
-    );
+    let case = if hold.is_zero() {
+        "hot hand-off gap, no hold (32 waiters, 2 procs)"
+    } else {
+        "hot hand-off gap, 1 ms hold (32 waiters, 2 procs)"
+    };
+    let mut r = Record::from_lat(case, "pglock", 2 * PER_PROCESS, gaps, elapsed);
     r.ops_s = in_window as f64 / elapsed.as_secs_f64();
     r.n = in_window;
     let wait_p99 = crate::stats::percentile_ms(&waits, 0.99);
@@ -163,7 +181,7 @@ pub async fn run(ctx: &mut Ctx) {
             .map(|x| x.ops_s)
     };
     let mut r = r
-        .extra("hold_ms", crate::stats::ms(&HOLD))
+        .extra("hold_ms", crate::stats::ms(&hold))
         .extra("wait_p99_ms", wait_p99)
         .extra("wait_max_ms", wait_max)
         .extra("min_per_waiter", *per.iter().min().unwrap() as f64)

@@ -44,6 +44,13 @@ pub(crate) struct Topic {
     /// sends one waiter of this process to look instead of all (a dropped
     /// waiter passes its wake-up on to the next).
     pub(crate) one: Notify,
+    /// This process's mark for the topic's acquirers, shared by all of
+    /// them (see [`crate::wait`]): written by the first, renewed by
+    /// whichever looks when it is due, removed when the last one leaves.
+    pub(crate) mark: std::sync::Mutex<crate::wait::MarkState>,
+    /// One mark write at a time: the waiters that find the mark due queue
+    /// here, and all but the first find it written.
+    pub(crate) mark_write: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -113,6 +120,23 @@ impl Hub {
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
         Ok(topic)
+    }
+}
+
+impl Hub {
+    /// How many waiters of `topic` (a NOTIFY topic: a lease's name, a
+    /// pool's `\u{1f}<pool>`) are queued with their mark in place (see
+    /// [`MarkState::queued`](crate::wait::MarkState)).
+    #[cfg(feature = "internals")]
+    pub(crate) fn queued(&self, topic: &str) -> usize {
+        let topic = self
+            .state
+            .topics
+            .lock()
+            .unwrap()
+            .get(topic)
+            .and_then(Weak::upgrade);
+        topic.map_or(0, |t| t.mark.lock().unwrap().queued)
     }
 }
 
