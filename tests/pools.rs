@@ -513,7 +513,11 @@ async fn a_semaphore_never_exceeds_its_permits_and_reaches_them() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 3, "peak concurrency");
+    // Never more than 3 at once. (Whether the timed loop above ever had all
+    // 3 inside at once depends on the machine's load, so reaching the count
+    // is asserted deterministically below: 5 held at once with 5 permits.)
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&peak), "peak concurrency {peak}");
     // Growing the count adds permits.
     let mut held = Vec::new();
     for _ in 0..5 {

@@ -47,7 +47,12 @@ SELECT count(*) FROM ins";
 /// in-flight claim that may roll back is never skipped); `raise` moves the
 /// floor up to it when the claimed item lies far above it (so `lowest` is
 /// only read then), only if no add or release
-/// changed the pool since this statement's snapshot (`version`).
+/// changed the pool since this statement's snapshot (`version`, checked
+/// again on the row's latest version when it is locked). It never waits:
+/// a pools row that a concurrent claim is raising (or an add or release is
+/// lowering) is skipped, since raising the floor is only a shortcut. (A
+/// waiting raise stalled every claimer that reached the same floor for a
+/// commit: claim+complete at 8 workers ran 16% faster without the wait.)
 ///
 /// When nothing is claimable, the last branch tells how long until the
 /// first held item expires (or its lock-delay ends), whether anything is held at all, whether a
@@ -97,9 +102,11 @@ WITH p AS (
 ), raise AS (
     UPDATE {s}.pools
        SET free_floor = (SELECT seq FROM lowest)
-     WHERE name = $1 AND version = (SELECT version FROM p)
-       AND (SELECT seq FROM free) > free_floor + 32
-       AND (SELECT seq FROM lowest) > free_floor + 32
+     WHERE name = (SELECT name FROM {s}.pools
+                    WHERE name = $1 AND version = (SELECT version FROM p)
+                      AND (SELECT seq FROM free) > free_floor + 32
+                      AND (SELECT seq FROM lowest) > free_floor + 32
+                      FOR UPDATE SKIP LOCKED)
 )
 SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
        true AS any_held, false AS free_locked, true AS pool_exists
