@@ -583,44 +583,84 @@ async fn a_rate_limiter_holds_its_rate_across_processes() {
     let t = db().await;
     let name = format!("rate-{}", uuid::Uuid::new_v4());
     let (n, per) = (20u32, Duration::from_secs(1));
+    let rate = f64::from(n) / per.as_secs_f64();
+    // Every handle's connection is open before the clock starts.
+    let handles: Vec<Locks> = (0..4).map(|w| t.other(&format!("p{w}"))).collect();
+    for locks in &handles {
+        assert!(
+            locks
+                .rate_limiter("warm-up", 100, per)
+                .try_acquire()
+                .await
+                .unwrap()
+        );
+    }
+    // A fresh bucket holds its burst of n, all of it at once.
+    let limiter = t.locks.rate_limiter(&name, n, per);
+    let (mut burst, asked) = (0, std::time::Instant::now());
+    while limiter.try_acquire().await.unwrap() {
+        burst += 1;
+    }
+    // At most what was refilled while it was asked (a shorter time by the
+    // database clock than by ours) came on top.
+    let most = f64::from(n) + rate * asked.elapsed().as_secs_f64();
+    assert!(
+        burst >= n && f64::from(burst) <= most,
+        "a fresh bucket gave {burst} tokens at once, its burst is {n} (at most {most:.2} then)"
+    );
+    // Then empty it at a known database time: from here every token the
+    // four handles take was refilled at n per `per`, and none overflows
+    // the burst (that would take `per` with nobody asking).
+    let bucket = format!("\"{}\".rate_limits", t.schema);
+    let started: f64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "UPDATE {bucket} SET tokens = 0, refilled_at = clock_timestamp() \
+          WHERE name = $1 RETURNING extract(epoch FROM refilled_at)::float8"
+    )))
+    .bind(&name)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
     let taken = Arc::new(AtomicUsize::new(0));
-    let start = tokio::time::Instant::now();
     let window = Duration::from_millis(1500);
+    let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..4 {
-        // Each task has its own handle and connections, as a process would.
-        let locks = t.other(&format!("p{w}"));
+    for locks in handles {
         let (name, taken) = (name.clone(), taken.clone());
         tasks.push(tokio::spawn(async move {
             let limiter = locks.rate_limiter(&name, n, per);
+            // Never cancelled mid-statement: each token taken is counted.
             while start.elapsed() < window {
-                if tokio::time::timeout(window.saturating_sub(start.elapsed()), limiter.acquire())
-                    .await
-                    .is_ok()
-                    && start.elapsed() <= window
-                {
-                    taken.fetch_add(1, Ordering::SeqCst);
-                }
+                limiter.acquire().await.unwrap();
+                taken.fetch_add(1, Ordering::SeqCst);
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let elapsed = start.elapsed().min(window).as_secs_f64();
-    let allowed = n as f64 + n as f64 * elapsed;
+    let (left, last): (f64, f64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT tokens, extract(epoch FROM refilled_at)::float8 FROM {bucket} WHERE name = $1"
+    )))
+    .bind(&name)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
     let got = taken.load(Ordering::SeqCst) as f64;
-    // A burst of n, then n per second: within one token.
+    let refilled = rate * (last - started);
+    // Each task's last take was answered after the window ended.
     assert!(
-        got <= allowed + 1.0,
-        "took {got} tokens, at most {allowed:.1} allowed"
+        last - started > 1.0,
+        "the run lasted {:.3} s by the database clock",
+        last - started
     );
+    // What was refilled by the database clock is what was taken, plus the
+    // fraction of a token left: no more (the rate holds), no less (no
+    // token is lost).
     assert!(
-        got >= allowed - 2.0,
-        "took only {got} tokens of {allowed:.1}"
+        (got + left - refilled).abs() < 1e-3,
+        "took {got} tokens with {left:.3} left, {refilled:.3} were refilled"
     );
-    let limiter = t.locks.rate_limiter(&name, n, per);
-    let _ = limiter.try_acquire().await.unwrap();
+    assert!(left >= 0.0, "{left} tokens left");
 }
 
 #[tokio::test]
