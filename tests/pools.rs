@@ -446,6 +446,18 @@ async fn claims_use_index_paths_not_scans() {
     pool.add((0..20_000).map(|i| format!("i{i}")))
         .await
         .unwrap();
+    // Half of them completed by holder `w` and 200 released by it, as
+    // after a long run of one worker: its sticky probe expects many rows and
+    // must still walk the index, not plan a bitmap scan.
+    exec(
+        &t,
+        format!(
+            "UPDATE \"{}\".leases SET holder = 'w', done = seq % 100 <> 0 \
+              WHERE pool = '{name}' AND seq % 2 = 0",
+            t.schema
+        ),
+    )
+    .await;
     exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
     let sql = t.locks.__statements().pool_claim.clone();
     let mut conn = t.pool.acquire().await.unwrap();
@@ -466,6 +478,20 @@ async fn claims_use_index_paths_not_scans() {
         assert!(
             !plan.contains("Seq Scan"),
             "{mode}: the claim scans a table:\n{plan}"
+        );
+        // The two holder probes walk the holder's range of leases_sticky
+        // in a plain index scan: a bitmap scan never marks the dead index
+        // entries it passes, so it would read every item the holder
+        // completed since the last VACUUM, on every claim.
+        let probes = &plan[plan.find("CTE retried").unwrap()..plan.find("CTE free").unwrap()];
+        assert_eq!(
+            probes.matches("Index Scan using leases_sticky").count(),
+            2,
+            "{mode}: the holder probes are not plain scans of leases_sticky:\n{probes}"
+        );
+        assert!(
+            !probes.contains("Bitmap") && !probes.contains("Sort"),
+            "{mode}: a holder probe sorts or runs a bitmap scan:\n{probes}"
         );
         for index in ["leases_free", "leases_held", "leases_sticky"] {
             assert!(

@@ -17,6 +17,7 @@ use pglock::Locks;
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 
+use crate::keepalive::{clock_ticks, proc_cpu, server_cpu};
 use crate::stats::Record;
 use crate::{Ctx, exec, q};
 
@@ -98,6 +99,20 @@ struct Acc {
     elapsed: Duration,
 }
 
+/// CPU seconds used so far by this process and by the server's processes.
+async fn cpu(ctx: &Ctx, tck: f64) -> (f64, f64) {
+    let client = proc_cpu(std::process::id() as i32, tck);
+    (client, server_cpu(ctx, tck).await)
+}
+
+/// A record's extras for the CPU one operation cost, in microseconds, on
+/// either side: where a gap to the floor is spent.
+fn cpu_per_op(r: Record, (c0, s0): (f64, f64), (c1, s1): (f64, f64), ops: usize) -> Record {
+    let per = |d: f64| d * 1e6 / ops.max(1) as f64;
+    r.extra("client_cpu_us_per_op", per(c1 - c0))
+        .extra("server_cpu_us_per_op", per(s1 - s0))
+}
+
 /// Claim+complete with `WORKERS` tasks until `until`, `budget` claims, or
 /// nothing free.
 async fn run_phase(
@@ -174,7 +189,9 @@ pub async fn run(ctx: &mut Ctx) {
     let case = |phase: &str| format!("pool {}k items, {phase}", items / 1000);
 
     // 1. All free; VACUUM between the sides so each starts clean.
+    let tck = clock_ticks();
     let mut raw_free = Acc::default();
+    let raw_cpu0 = cpu(ctx, tck).await;
     run_phase(
         Some(raw.clone()),
         &locks,
@@ -183,8 +200,10 @@ pub async fn run(ctx: &mut Ctx) {
         &mut raw_free,
     )
     .await;
+    let raw_cpu1 = cpu(ctx, tck).await;
     exec(&ctx.pool, &format!("VACUUM {SCHEMA}.leases")).await;
     let mut ours_free = Acc::default();
+    let ours_cpu0 = cpu(ctx, tck).await;
     run_phase(
         None,
         &locks,
@@ -193,16 +212,23 @@ pub async fn run(ctx: &mut Ctx) {
         &mut ours_free,
     )
     .await;
+    let ours_cpu1 = cpu(ctx, tck).await;
     let free_rate = raw_free.lat.len() as f64 / raw_free.elapsed.as_secs_f64();
     let ours_rate = ours_free.lat.len() as f64 / ours_free.elapsed.as_secs_f64();
-    ctx.push(Record::from_lat(
-        &case("all free"),
-        "raw SKIP LOCKED",
-        WORKERS,
-        raw_free.lat,
-        raw_free.elapsed,
+    let (raw_ops, ours_ops) = (raw_free.lat.len(), ours_free.lat.len());
+    ctx.push(cpu_per_op(
+        Record::from_lat(
+            &case("all free"),
+            "raw SKIP LOCKED",
+            WORKERS,
+            raw_free.lat,
+            raw_free.elapsed,
+        ),
+        raw_cpu0,
+        raw_cpu1,
+        raw_ops,
     ));
-    ctx.push(
+    ctx.push(cpu_per_op(
         Record::from_lat(
             &case("all free"),
             "pglock",
@@ -211,7 +237,10 @@ pub async fn run(ctx: &mut Ctx) {
             ours_free.elapsed,
         )
         .extra("x_raw_free", ours_rate / free_rate),
-    );
+        ours_cpu0,
+        ours_cpu1,
+        ours_ops,
+    ));
 
     // 2. 99.99% claimed or done: one bulk UPDATE completes all but
     // FREE_LEFT + HELD (a million dead rows, no VACUUM), then hold HELD.

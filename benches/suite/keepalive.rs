@@ -97,7 +97,7 @@ pub async fn worker(args: &[String]) {
 }
 
 /// Seconds of CPU used so far by every server process we can see.
-async fn server_cpu(ctx: &Ctx, tck: f64) -> f64 {
+pub async fn server_cpu(ctx: &Ctx, tck: f64) -> f64 {
     let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity")
         .fetch_all(&ctx.pool)
         .await
@@ -105,7 +105,7 @@ async fn server_cpu(ctx: &Ctx, tck: f64) -> f64 {
     pids.iter().map(|p| proc_cpu(*p, tck)).sum()
 }
 
-fn proc_cpu(pid: i32, tck: f64) -> f64 {
+pub fn proc_cpu(pid: i32, tck: f64) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -116,7 +116,7 @@ fn proc_cpu(pid: i32, tck: f64) -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / tck
 }
 
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
