@@ -108,6 +108,10 @@ pub struct PoolItem {
     pub data_token: Option<i64>,
     /// Holder label of the claim that wrote [`data`](Self::data).
     pub data_holder: Option<String>,
+    /// Set while its holder's lease expired (it was not released) and its
+    /// lock-delay has not yet passed: nobody can claim it before this time.
+    /// Such an item is neither held nor free (see [`PoolStatus::delayed`]).
+    pub delayed_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Locks {

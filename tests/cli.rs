@@ -455,6 +455,66 @@ async fn ls_shows_an_expired_lease_in_its_lock_delay_as_delayed() {
     t.locks.force_release(&name).await.unwrap();
 }
 
+#[tokio::test]
+async fn pool_status_shows_an_expired_item_in_its_lock_delay_as_delayed() {
+    let t = db().await;
+    let pool = unique("shards");
+    t.locks.lease_pool(&pool).add(["s0", "s1"]).await.unwrap();
+    let item = t
+        .locks
+        .lease_pool(&pool)
+        .claim()
+        .lock_delay(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    let name = item.name().to_owned();
+    item.orphan();
+    support::expire(&t, &pool, &name, Duration::from_millis(1)).await;
+
+    let out = pglock(&t)
+        .args(["pool", "status", &pool, "--items", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["delayed"], 1, "{doc}");
+    let states: Vec<(String, String, bool)> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_owned(),
+                i["state"].as_str().unwrap().to_owned(),
+                i["delayed_until"].is_string(),
+            )
+        })
+        .collect();
+    let other = if name == "s0" { "s1" } else { "s0" };
+    let mut want = vec![
+        (name.clone(), "delayed".to_owned(), true),
+        (other.to_owned(), "free".to_owned(), false),
+    ];
+    want.sort();
+    let mut states = states;
+    states.sort();
+    assert_eq!(states, want);
+    let out = pglock(&t)
+        .args(["pool", "status", &pool, "--items"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(name.as_str()))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+    assert!(line.contains("delayed"), "{table}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_are_passed_on_and_the_lease_released() {
     let t = db().await;

@@ -185,10 +185,16 @@ async fn an_expired_pool_item_is_delayed_a_released_one_is_not() {
         (0, 0, 1),
         "a delayed item is neither free nor held: {status:?}"
     );
+    let items = t.locks.lease_pool(&pool_name).items().await.unwrap();
+    let until = items[0].delayed_until.expect("delayed_until while delayed");
+    assert!(!items[0].held && !items[0].done, "{:?}", items[0]);
+    assert_eq!(Some(until), row.delayed_until, "items and leases agree");
 
     expire(&t, &pool_name, "only", DELAY + Duration::from_millis(1)).await;
     let status = t.locks.lease_pool(&pool_name).status().await.unwrap();
     assert_eq!((status.free, status.delayed), (1, 0), "{status:?}");
+    let items = t.locks.lease_pool(&pool_name).items().await.unwrap();
+    assert!(items[0].delayed_until.is_none(), "{:?}", items[0]);
     let taken = third.lease_pool(&pool_name).claim().try_acquire().await;
     let taken = taken.unwrap().expect("free once the delay is over");
     taken.release().await.unwrap();

@@ -264,6 +264,7 @@ class PoolItem:
     data: Any
     data_token: Optional[int]
     data_holder: Optional[str]
+    delayed_until: Optional[datetime.datetime]
 
 class LeaseInfo:
     pool: Optional[str]

@@ -141,6 +141,7 @@ impl LeasePool {
                     done: i.done,
                     data_token: i.data_token,
                     data_holder: i.data_holder,
+                    delayed_until: convert::opt_datetime(py, i.delayed_until)?,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -324,6 +325,9 @@ pub(crate) struct PoolItem {
     data_token: Option<i64>,
     /// Holder label of the claim that wrote `data`.
     data_holder: Option<String>,
+    /// Set while the item's lease expired and its lock-delay is not over:
+    /// nobody can claim it before this time.
+    delayed_until: Py<PyAny>,
 }
 
 #[pymethods]

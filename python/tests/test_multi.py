@@ -197,6 +197,25 @@ def test_lock_delay_keeps_an_expired_lease_from_the_next_holder(locks, other, ad
     assert lease.lost
 
 
+def test_pool_items_show_an_expired_item_in_its_lock_delay(locks, admin, schema):
+    pool = locks.lease_pool("delayed-shards")
+    pool.add(["s0", "s1"])
+    item = pool.claim(lock_delay=60).acquire()
+    n = admin.execute(
+        f'UPDATE "{schema}".leases SET expires_at = clock_timestamp() - interval \'1 second\' '
+        "WHERE pool = 'delayed-shards' AND name = %s AND owner IS NOT NULL",
+        (item.name,),
+    ).rowcount
+    assert n == 1
+    by_name = {i.name: i for i in pool.items()}
+    delayed = by_name[item.name]
+    assert not delayed.held and not delayed.done
+    assert delayed.delayed_until is not None and delayed.delayed_until > delayed.expires_at
+    free = [i for name, i in by_name.items() if name != item.name][0]
+    assert free.delayed_until is None and not free.held
+    assert pool.status().delayed == 1
+
+
 def test_lock_delay_never_delays_a_release(locks, other):
     locks.lease("gpu-4", lock_delay=30).acquire().release()
     nxt = other.lease("gpu-4").try_acquire()

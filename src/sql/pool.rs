@@ -164,9 +164,13 @@ SELECT EXISTS (SELECT 1 FROM {s}.pools WHERE name = $1) AS pool_exists,
        count(*) FILTER (WHERE done) AS done
   FROM {s}.leases WHERE pool = $1";
 
-/// Every item of a pool, in free order.
+/// Every item of a pool, in free order. `delayed_until` as in the lease
+/// listing: set while an expired item's lock-delay is not over.
 pub(super) const POOL_ITEMS: &str = "\
 SELECT name, coalesce(token, 0) AS token, holder, done,
        NOT done AND owner IS NOT NULL AND expires_at > clock_timestamp() AS held,
-       expires_at, data, data_token, data_holder
+       expires_at, data, data_token, data_holder,
+       CASE WHEN NOT done AND owner IS NOT NULL AND expires_at <= clock_timestamp()
+             AND expires_at + delay_ms * interval '1 ms' > clock_timestamp()
+            THEN expires_at + delay_ms * interval '1 ms' END AS delayed_until
   FROM {s}.leases WHERE pool = $1 ORDER BY seq, name";

@@ -128,6 +128,7 @@ pub(crate) async fn pool_status(
                         "data": i.data,
                         "data_token": i.data_token,
                         "data_holder": i.data_holder,
+                        "delayed_until": i.delayed_until.map(rfc3339),
                     })
                 })
                 .collect();
@@ -171,10 +172,11 @@ pub(crate) async fn pool_status(
 }
 
 fn item_state(i: &pglock::PoolItem) -> &'static str {
-    match (i.done, i.held) {
-        (true, _) => "done",
-        (false, true) => "held",
-        (false, false) => "free",
+    match (i.done, i.held, i.delayed_until.is_some()) {
+        (true, _, _) => "done",
+        (false, true, _) => "held",
+        (false, false, true) => "delayed",
+        (false, false, false) => "free",
     }
 }
 
