@@ -304,13 +304,8 @@ async fn pool_all_from_three_processes_completes_every_item_once() {
     seen.sort();
     assert_eq!(seen, items, "every item exactly once");
 
-    let out = pglock(&t)
-        .args(["pool", "status", &pool, "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value =
+        serde_json::from_str(&stdout_ok(&t, &["pool", "status", &pool, "--json"])).unwrap();
     assert_eq!(
         status,
         json!({"pool": pool, "total": 12, "free": 0, "held": 0, "delayed": 0, "done": 12})
@@ -472,13 +467,11 @@ async fn pool_status_shows_an_expired_item_in_its_lock_delay_as_delayed() {
     item.orphan();
     support::expire(&t, &pool, &name, Duration::from_millis(1)).await;
 
-    let out = pglock(&t)
-        .args(["pool", "status", &pool, "--items", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = serde_json::from_str(&stdout_ok(
+        &t,
+        &["pool", "status", &pool, "--items", "--json"],
+    ))
+    .unwrap();
     assert_eq!(doc["delayed"], 1, "{doc}");
     let states: Vec<(String, String, bool)> = doc["items"]
         .as_array()
@@ -501,13 +494,7 @@ async fn pool_status_shows_an_expired_item_in_its_lock_delay_as_delayed() {
     let mut states = states;
     states.sort();
     assert_eq!(states, want);
-    let out = pglock(&t)
-        .args(["pool", "status", &pool, "--items"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = stdout_ok(&t, &["pool", "status", &pool, "--items"]);
     let line = table
         .lines()
         .find(|l| l.starts_with(name.as_str()))

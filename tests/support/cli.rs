@@ -110,10 +110,16 @@ pub fn spawn_at(url: &str, schema: &str, args: &[&str]) -> tokio::process::Child
         .expect("start pglock")
 }
 
+/// Runs `pglock ARGS` (with `t`'s database and schema), asserts it
+/// succeeded, and returns what it printed.
+pub fn stdout_ok(t: &TestDb, args: &[&str]) -> String {
+    let out = pglock(t).args(args).assert().success().get_output().clone();
+    String::from_utf8(out.stdout).expect("pglock prints UTF-8")
+}
+
 /// `pglock ls`: its table and the line that lists lease `name`.
 pub fn ls_line(t: &TestDb, name: &str) -> (String, String) {
-    let out = pglock(t).arg("ls").assert().success().get_output().clone();
-    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = stdout_ok(t, &["ls"]);
     let line = table
         .lines()
         .find(|l| l.contains(name))
@@ -124,14 +130,8 @@ pub fn ls_line(t: &TestDb, name: &str) -> (String, String) {
 
 /// `pglock ls --json`: the row of lease `name`.
 pub fn ls_json_row(t: &TestDb, name: &str) -> serde_json::Value {
-    let out = pglock(t)
-        .args(["ls", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .clone();
     let doc: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+        serde_json::from_str(&stdout_ok(t, &["ls", "--json"])).expect("ls --json prints JSON");
     doc["leases"]
         .as_array()
         .unwrap()
