@@ -69,6 +69,13 @@ SELECT count(*) FROM ins";
 /// lowering) is skipped, since raising the floor is only a shortcut. (A
 /// waiting raise stalled every claimer that reached the same floor for a
 /// commit: claim+complete at 8 workers ran 16% faster without the wait.)
+/// Its first condition names no column, so the server makes it a one-time
+/// filter and skips both looks at the pools row unless the claimed item
+/// lies more than 32 above the floor of this statement's snapshot, which
+/// any raise needs (a raise by another claim only lifts the floor, and an
+/// add or release changes `version`). Claims mostly take an item near the
+/// floor, and the two unneeded pools scans cost a claim+complete about
+/// 35 us of server time at one client.
 ///
 /// When nothing is claimable, the last branch tells how long until the
 /// first held item expires (or its lock-delay ends), whether anything is held at all, whether a
@@ -126,7 +133,8 @@ WITH p AS (
 ), raise AS (
     UPDATE {s}.pools
        SET free_floor = (SELECT seq FROM lowest)
-     WHERE name = (SELECT name FROM {s}.pools
+     WHERE (SELECT seq FROM free) > (SELECT free_floor FROM p) + 32
+       AND name = (SELECT name FROM {s}.pools
                     WHERE name = $1 AND version = (SELECT version FROM p)
                       AND (SELECT seq FROM free) > free_floor + 32
                       AND (SELECT seq FROM lowest) > free_floor + 32
