@@ -9,6 +9,7 @@ use crate::advisory::mux::Mux;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::key::{quote_schema, validate_name};
+use crate::lease::handoff::Queues;
 use crate::lease::keepalive::KeepAlive;
 use crate::session::{Limits, Pooler};
 
@@ -45,6 +46,8 @@ struct Inner {
     holder: String,
     /// The background renewal task.
     keepalive: KeepAlive,
+    /// Waiters of this handle that a release hands a lease to.
+    handoffs: Arc<Queues>,
     /// Semaphores (name, permits) whose permits this handle has ensured.
     semaphores: Mutex<HashSet<(String, u32)>>,
     /// The shared advisory sessions, with
@@ -164,6 +167,10 @@ impl Locks {
 
     pub(crate) fn keepalive(&self) -> &KeepAlive {
         &self.inner.keepalive
+    }
+
+    pub(crate) fn handoffs(&self) -> &Arc<Queues> {
+        &self.inner.handoffs
     }
 
     pub(crate) fn mux(&self) -> Option<&Arc<Mux>> {
@@ -369,6 +376,7 @@ impl LocksBuilder {
                 db: Arc::new(db),
                 holder,
                 keepalive: KeepAlive::default(),
+                handoffs: Arc::default(),
                 semaphores: Mutex::default(),
                 mux: (self.advisory_sessions > 0).then(|| Mux::new(self.advisory_sessions)),
             }),

@@ -13,6 +13,7 @@
 //! | `pglock_renew_failures_total` | counter | | leases whose renewal statement failed |
 //! | `pglock_give_backs_total` | counter | | takings given back because their caller was gone |
 //! | `pglock_notifies_total` | counter | | release statements that sent a NOTIFY (someone was waiting) |
+//! | `pglock_handoffs_total` | counter | | releases that handed a lease straight to a waiter of the same `Locks` |
 //!
 //! `kind` is `lease`, `pool_item`, `permit` or `advisory`. The span of an
 //! acquire is `pglock.acquire` (`pglock.try_acquire` for one look) with the
@@ -39,6 +40,9 @@ pub const RENEW_FAILURES: &str = "pglock_renew_failures_total";
 pub const GIVE_BACKS: &str = "pglock_give_backs_total";
 /// Release statements that sent a NOTIFY (a waiter had marked itself).
 pub const NOTIFIES: &str = "pglock_notifies_total";
+
+/// Releases that handed the lease to a waiter of the same `Locks`.
+pub const HANDOFFS: &str = "pglock_handoffs_total";
 
 /// What was taken: the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +134,11 @@ pub(crate) fn gave_back() {
 /// A release statement sent a NOTIFY.
 pub(crate) fn notify_sent() {
     counter!(NOTIFIES).increment(1);
+}
+
+/// A release handed its lease to a waiter.
+pub(crate) fn handed_off() {
+    counter!(HANDOFFS).increment(1);
 }
 
 /// What an uncontended `try_acquire()` and its `release()` record, in the

@@ -345,7 +345,8 @@ pub(crate) async fn claim(
     let topic = scope.free_topic("");
     let look = || claim_look(locks, scope, terms, max_slot);
     let kind = (scope.kind(), pool);
-    wait::acquire(locks.db(), kind, &topic, terms.timeout, what, look).await
+    let looks = (look, std::future::pending);
+    wait::acquire(locks.db(), kind, &topic, terms.timeout, what, looks).await
 }
 
 /// One look: an item, how long until one may be free, or

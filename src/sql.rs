@@ -16,8 +16,9 @@ use admin::{LEASE_GC, MIGRATIONS_APPLIED};
 
 use lease::{
     ANNOUNCE, ITEM_ABANDON, ITEM_COMPLETE, ITEM_RELEASE, LEASE_ABANDON, LEASE_ACQUIRE, LEASE_FENCE,
-    LEASE_FORCE_RELEASE, LEASE_GET, LEASE_LIST, LEASE_RELEASE, LEASE_RELEASE_REQUESTED,
-    LEASE_RENEW, LEASE_REQUEST_RELEASE, LEASE_SET_DATA, SET_FENCE, WAIT_MARK, WAIT_UNMARK,
+    LEASE_FORCE_RELEASE, LEASE_GET, LEASE_HANDOFF, LEASE_LIST, LEASE_RELEASE,
+    LEASE_RELEASE_REQUESTED, LEASE_RENEW, LEASE_REQUEST_RELEASE, LEASE_SET_DATA, SET_FENCE,
+    WAIT_MARK, WAIT_UNMARK,
 };
 use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_STATUS};
 
@@ -58,6 +59,7 @@ pub struct Statements {
     pub lease_renew: String,
     pub lease_set_data: String,
     pub lease_release: String,
+    pub lease_handoff: String,
     pub item_release: String,
     pub item_complete: String,
     pub lease_fence: String,
@@ -89,6 +91,7 @@ impl Statements {
             lease_renew: s(LEASE_RENEW),
             lease_set_data: s(LEASE_SET_DATA),
             lease_release: s(LEASE_RELEASE),
+            lease_handoff: s(LEASE_HANDOFF),
             item_release: s(ITEM_RELEASE),
             item_complete: s(ITEM_COMPLETE),
             lease_fence: s(LEASE_FENCE),
@@ -161,6 +164,7 @@ mod tests {
             ("renew", &st.lease_renew),
             ("set data", &st.lease_set_data),
             ("release", &st.lease_release),
+            ("hand-off", &st.lease_handoff),
             ("fence", &st.lease_fence),
             ("set fence", &st.set_fence),
             ("announce", &st.announce),

@@ -215,21 +215,23 @@ pub(crate) enum Look<T> {
 }
 
 /// The acquire skeleton every waiting primitive shares: looks with `look`
-/// until it is done ([`until_done`]), giving up with [`Error::Timeout`]
-/// after `timeout`. The caller has validated its input before.
-/// Each acquire runs in a `pglock.acquire` span and is counted
-/// ([`crate::metrics`]).
-pub(crate) async fn acquire<T, F, Fut>(
+/// until it is done ([`until_done`]; it also looks again whenever
+/// `local()` resolves), giving up with [`Error::Timeout`] after `timeout`.
+/// The caller has validated its input before. Each acquire runs in a
+/// `pglock.acquire` span and is counted ([`crate::metrics`]).
+pub(crate) async fn acquire<T, F, Fut, L, LFut>(
     db: &Arc<Db>,
     (kind, name): (Kind, &str),
     topic: &str,
     timeout: Option<Duration>,
     what: impl FnOnce() -> String,
-    mut look: F,
+    (mut look, local): (F, L),
 ) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Look<T>>>,
+    L: FnMut() -> LFut,
+    LFut: std::future::Future<Output = ()>,
 {
     let looks = std::sync::atomic::AtomicU32::new(0);
     let counted = || {
@@ -241,7 +243,7 @@ where
     let wait = within(
         timeout,
         what,
-        until_done(&db.hub, Some(db), topic, counted, std::future::pending),
+        until_done(&db.hub, Some(db), topic, counted, local),
     );
     observe((kind, name), wait).await
 }

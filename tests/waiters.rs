@@ -48,7 +48,7 @@ async fn first_payload(t: &TestDb, l: &mut PgListener) -> String {
 
 /// Reads every notification of this test's schema sent so far.
 async fn drain(t: &TestDb, l: &mut PgListener) {
-    while first_payload(t, l).await != "sentinel" {}
+    notified_since(t, l).await;
 }
 
 /// Marks in the schema's waiters table (live or not).
@@ -233,15 +233,11 @@ async fn pool_and_semaphore_waiters_are_notified_by_a_release() {
     .await;
     permit.release().await.unwrap();
     let got = waiter.await.unwrap().unwrap();
-    // The release notified. Its order against a sentinel is not asserted:
-    // in runs of this test the permit release's NOTIFY arrived after a
-    // sentinel sent once the waiter had the permit (not understood yet).
+    // The release notified, and nothing else did. (An older form of
+    // `drain` left its own sentinel unread, so this NOTIFY once seemed to
+    // arrive after a later sentinel.)
     let woke = format!("\u{1f}s-{n}");
-    let mut seen = Vec::new();
-    while !seen.contains(&woke) {
-        assert!(seen.len() < 10, "no NOTIFY for the semaphore: {seen:?}");
-        seen.push(first_payload(&t, &mut l).await);
-    }
+    assert_eq!(notified_since(&t, &mut l).await, [woke]);
     got.release().await.unwrap();
 }
 
@@ -287,4 +283,272 @@ async fn waiters_of_one_process_get_the_lease_in_the_order_they_queued() {
         })
         .await;
     }
+}
+
+/// Every notification of this test's schema sent since the last call (or
+/// since the LISTEN), except sentinels: sends a sentinel of its own and
+/// reads up to it (notifications arrive in commit order).
+async fn notified_since(t: &TestDb, l: &mut PgListener) -> Vec<String> {
+    let prefix = format!("{}:", t.schema);
+    let mine = format!("sentinel-{}", uuid::Uuid::new_v4());
+    sqlx::query("SELECT pg_notify('pglock', $1)")
+        .bind(format!("{prefix}{mine}"))
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), l.recv())
+            .await
+            .expect("the sentinel arrives")
+            .unwrap();
+        match n.payload().strip_prefix(&prefix) {
+            Some(p) if p == mine => return seen,
+            Some(p) if p.starts_with("sentinel") => {}
+            Some(p) => seen.push(p.to_owned()),
+            None => {}
+        }
+    }
+}
+
+/// Spawns a waiter of `locks` for `n` that, once it holds the lease, sends
+/// its index and the token on `tx`, then releases it unless `keep` (then it
+/// sends the lease itself on `kept`).
+fn spawn_waiter(
+    locks: &pglock::Locks,
+    n: &str,
+    i: usize,
+    tx: &tokio::sync::mpsc::UnboundedSender<(usize, i64)>,
+    kept: Option<tokio::sync::oneshot::Sender<pglock::Lease>>,
+) {
+    let (locks, n, tx) = (locks.clone(), n.to_owned(), tx.clone());
+    tokio::spawn(async move {
+        let l = locks
+            .lease(&n)
+            .ttl(LONG)
+            .timeout(Duration::from_secs(30))
+            .acquire()
+            .await
+            .unwrap();
+        tx.send((i, l.token())).unwrap();
+        match kept {
+            Some(kept) => kept.send(l).unwrap(),
+            None => l.release().await.unwrap(),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lease_to_a_waiter_of_the_same_locks_without_a_notify() {
+    for _ in 0..20 {
+        let t = db().await;
+        let mut l = listener(&t).await;
+        let n = name();
+        let a = held_for(&t.locks, &n, LONG).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (kept_tx, kept) = tokio::sync::oneshot::channel();
+        spawn_waiter(&t.locks, &n, 0, &tx, Some(kept_tx));
+        eventually(10, "the waiter queued", || async {
+            t.locks.__queued(&n) == 1
+        })
+        .await;
+        let a_token = a.token();
+        a.release().await.unwrap();
+        let (_, token) = rx.recv().await.unwrap();
+        assert!(token > a_token);
+        let b = kept.await.unwrap();
+        // The lease went from one holder to the next without being free:
+        // nobody else could take it, and no NOTIFY was sent.
+        assert_eq!(notified_since(&t, &mut l).await, Vec::<String>::new());
+        let info = t.locks.lease_info(&n).await.unwrap().expect("a row");
+        assert_eq!((info.token, info.held), (b.token(), true));
+        assert!(support::lease::refused(&t.other("c"), &n).await);
+        b.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_handed_on_at_most_three_times_in_a_row_then_released_to_everyone() {
+    for _ in 0..10 {
+        let t = db().await;
+        let mut l = listener(&t).await;
+        let n = name();
+        let a = held_for(&t.locks, &n, LONG).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (kept_tx, kept) = tokio::sync::oneshot::channel();
+        let mut kept_tx = Some(kept_tx);
+        for i in 0..5 {
+            let keep = if i == 4 { kept_tx.take() } else { None };
+            spawn_waiter(&t.locks, &n, i, &tx, keep);
+            eventually(10, "the waiter queued", || async {
+                t.locks.__queued(&n) == i + 1
+            })
+            .await;
+        }
+        a.release().await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(rx.recv().await.unwrap());
+        }
+        let order: Vec<usize> = got.iter().map(|g| g.0).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4], "in the order they queued");
+        assert!(
+            got.windows(2).all(|w| w[1].1 > w[0].1),
+            "tokens rise: {got:?}"
+        );
+        let last = kept.await.unwrap();
+        // a -> 0 -> 1 -> 2 were hand-offs; 2's release went to everyone
+        // (waiter 3 woke by NOTIFY); 3 -> 4 was a hand-off again.
+        assert_eq!(notified_since(&t, &mut l).await, [n.as_str()]);
+        last.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_release_is_not_handed_to_a_waiter_of_the_same_locks() {
+    let t = db().await;
+    let mut l = listener(&t).await;
+    let n = name();
+    let a = held_for(&t.locks, &n, LONG).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (kept_tx, kept) = tokio::sync::oneshot::channel();
+    spawn_waiter(&t.locks, &n, 0, &tx, Some(kept_tx));
+    eventually(10, "the waiter queued", || async {
+        t.locks.__queued(&n) == 1
+    })
+    .await;
+    let asked = t.other("ops").request_release(&n).await.unwrap();
+    assert_eq!(asked, Some(a.token()));
+    a.release_requested().await;
+    assert_eq!(
+        notified_since(&t, &mut l).await,
+        [n.as_str()],
+        "the request"
+    );
+    a.release().await.unwrap();
+    rx.recv().await.unwrap();
+    let b = kept.await.unwrap();
+    // An ordinary release: it woke every process's waiters.
+    assert_eq!(
+        notified_since(&t, &mut l).await,
+        [n.as_str()],
+        "the release"
+    );
+    b.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_handed_to_a_waiter_that_is_gone_is_released() {
+    for _ in 0..10 {
+        let t = db().await;
+        let n = name();
+        let a = held_for(&t.locks, &n, LONG).await;
+        let mut waiter = Box::pin(t.locks.lease(&n).ttl(LONG).acquire());
+        while t.locks.__queued(&n) == 0 {
+            tokio::select! {
+                out = &mut waiter => panic!("the waiter got it while held: {out:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        // One poll takes the waiter's offer and starts the hand-off in a
+        // task (this runtime has one thread: the task has not run yet).
+        let a_token = a.token();
+        let mut release = Box::pin(a.release());
+        assert!(futures::poll!(&mut release).is_pending());
+        drop(waiter);
+        release.await.unwrap();
+        eventually(10, "the lease is free again", || async {
+            let info = t.locks.lease_info(&n).await.unwrap().expect("a row");
+            !info.held
+        })
+        .await;
+        // It was handed on (a new token), then released for the gone waiter.
+        let info = t.locks.lease_info(&n).await.unwrap().expect("a row");
+        assert!(info.token > a_token, "{} after {a_token}", info.token);
+        assert!(!support::lease::refused(&t.other("c"), &n).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_its_lease_hands_nothing_on_and_the_waiter_keeps_its_place() {
+    let t = db().await;
+    let mut l = listener(&t).await;
+    let n = name();
+    let a = held_for(&t.locks, &n, LONG).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (kept_tx, kept) = tokio::sync::oneshot::channel();
+    spawn_waiter(&t.locks, &n, 1, &tx, Some(kept_tx));
+    eventually(10, "the first waiter queued", || async {
+        t.locks.__queued(&n) == 1
+    })
+    .await;
+    let (kept2_tx, kept2) = tokio::sync::oneshot::channel();
+    spawn_waiter(&t.locks, &n, 2, &tx, Some(kept2_tx));
+    eventually(10, "the second waiter queued", || async {
+        t.locks.__queued(&n) == 2
+    })
+    .await;
+    // Taken from `a` behind its back: the first waiter wakes and takes it.
+    t.other("ops").force_release(&n).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().0, 1);
+    let b1 = kept.await.unwrap();
+    assert_eq!(
+        notified_since(&t, &mut l).await,
+        [n.as_str()],
+        "the forced release"
+    );
+    // `a` no longer holds it: nothing is handed on, and it hears so.
+    let err = a.release().await.unwrap_err();
+    assert!(matches!(err, pglock::Error::LeaseLost { .. }), "{err}");
+    assert!(support::lease::refused(&t.other("c"), &n).await);
+    // The second waiter kept its place: the next release hands it on.
+    let b1_token = b1.token();
+    b1.release().await.unwrap();
+    let (i, token) = rx.recv().await.unwrap();
+    assert_eq!(i, 2);
+    assert!(token > b1_token);
+    let b2 = kept2.await.unwrap();
+    assert_eq!(notified_since(&t, &mut l).await, Vec::<String>::new());
+    b2.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_lease_shared_by_two_handles_is_held_by_one_at_a_time_in_token_order() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = db().await;
+    let n = name();
+    let handles = [t.other("p1"), t.other("p2")];
+    let holding = Arc::new(AtomicUsize::new(0));
+    let turns = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (p, locks) in handles.iter().enumerate() {
+        for w in 0..4 {
+            let (locks, n) = (locks.clone(), n.clone());
+            let (holding, turns) = (holding.clone(), turns.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    let l = locks
+                        .lease(&n)
+                        .ttl(LONG)
+                        .timeout(Duration::from_secs(60))
+                        .acquire()
+                        .await
+                        .unwrap();
+                    assert_eq!(holding.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    turns.lock().unwrap().push((l.token(), p * 4 + w));
+                    tokio::task::yield_now().await;
+                    holding.fetch_sub(1, Ordering::SeqCst);
+                    l.release().await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let turns = turns.lock().unwrap();
+    assert_eq!(turns.len(), 200);
+    // Tokens rise in the order the holders held it.
+    assert!(turns.windows(2).all(|w| w[1].0 > w[0].0), "{turns:?}");
 }

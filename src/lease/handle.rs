@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
+use uuid::Uuid;
 
+use super::Lease;
+use super::handoff::Offer;
 use super::keepalive::renew_batch;
 use super::state::{Scope, Shared};
 use crate::db::{Db, Q, Repeat};
@@ -282,13 +285,96 @@ impl LeaseRef {
         row.map(|_| ()).ok_or_else(|| s.lost_error())
     }
 
-    /// Releases the lease if still ours, waking whoever waits for it.
+    /// Releases the lease if still ours, waking whoever waits for it; a
+    /// plain lease that a task of the same `Locks` waits for is handed to
+    /// it instead (see [`handoff`](super::handoff)).
     pub(super) async fn release(&self) -> Result<()> {
         let sql = &self.db().sql;
         match self.shared.id.scope {
-            Scope::Lease => self.finish(&sql.lease_release, true).await,
+            Scope::Lease => {
+                let offer = (!self.is_release_requested())
+                    .then(|| self.locks.handoffs().next(&self.shared.id.name))
+                    .flatten();
+                match offer {
+                    Some(offer) => {
+                        // In a task of its own: the waiter gets its lease
+                        // even if this caller goes away mid-statement.
+                        let me = self.clone();
+                        tokio::spawn(async move { me.hand_off(offer).await })
+                            .await
+                            .unwrap_or(Err(Error::Database(sqlx::Error::WorkerCrashed)))
+                    }
+                    None => self.finish(&sql.lease_release, true).await,
+                }
+            }
             Scope::Item { .. } | Scope::Permit { .. } => self.finish(&sql.item_release, true).await,
         }
+    }
+
+    /// Frees this lease's name if `owner` holds it (a hand-off that may
+    /// have committed for a waiter that cannot have it), waking its waiters.
+    async fn give_back(&self, owner: Uuid) {
+        let db = self.db();
+        let name = self.shared.id.name.clone();
+        let wake = payload(&db.schema, &name);
+        let back = db
+            .fetch_all(Repeat::Never, &db.sql.lease_abandon, |q| {
+                q.bind(name.clone()).bind(owner).bind(wake.clone())
+            })
+            .await;
+        if let Err(e) = back {
+            tracing::warn!(error = %e, "could not give back a hand-off; it expires with its TTL");
+        }
+    }
+
+    /// Hands the lease to `offer`'s waiter; if it cannot (the lease expired
+    /// or is no longer ours, or the outcome is unknown), releases it as
+    /// usual and puts the offer back first in line.
+    async fn hand_off(&self, offer: Arc<Offer>) -> Result<()> {
+        let db = self.db();
+        let s = &self.shared;
+        let owner = Uuid::new_v4();
+        let (holder, terms) = (offer.holder.clone(), &offer.terms);
+        let sent = Instant::now();
+        let out = db
+            .fetch_optional(Repeat::Safe, &db.sql.lease_handoff, |q| {
+                q.bind(s.id.name.clone())
+                    .bind(s.id.token)
+                    .bind(s.id.owner)
+                    .bind(owner)
+                    .bind(holder.clone())
+                    .bind(terms.ttl_ms())
+                    .bind(offer.data.clone())
+                    .bind(terms.delay_ms())
+            })
+            .await;
+        let row = match out {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                self.locks.handoffs().put_back(&offer);
+                return self.finish(&db.sql.lease_release, true).await;
+            }
+            Err(e) => {
+                // It may have committed: give the waiter's taking back,
+                // then release ours (if it is still ours).
+                self.give_back(owner).await;
+                self.locks.handoffs().put_back(&offer);
+                return self.finish(&db.sql.lease_release, true).await.or(Err(e));
+            }
+        };
+        s.mark_lost_quiet();
+        metrics::released(s.id.scope.kind(), s.taken_at.elapsed());
+        metrics::handed_off();
+        let (name, holder) = (s.id.name.clone(), offer.holder.clone());
+        match Shared::taken(&row, Scope::Lease, name, owner, holder, terms, sent) {
+            Ok(taken) => offer.deliver(Lease::new(self.locks.clone(), taken)),
+            Err(e) => {
+                tracing::warn!(error = %e, "a hand-off's answer was unreadable; giving it back");
+                self.give_back(owner).await;
+                self.locks.handoffs().put_back(&offer);
+            }
+        }
+        Ok(())
     }
 }
 

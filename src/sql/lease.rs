@@ -99,6 +99,35 @@ UPDATE {s}.leases
  WHERE pool = $1 AND name = $2 AND token = $3 AND (owner = $4 OR owner IS NULL)
 RETURNING {s}.wake($5)";
 
+/// Hand a plain lease straight to a waiter of the same process: in one
+/// statement, the lease this token and owner hold (`$1` name, `$2` token,
+/// `$3` owner) is taken for the waiter (`$4` its new owner id, `$5` holder,
+/// `$6` TTL in ms, `$7` data or NULL, `$8` lock-delay in ms or NULL) with a
+/// new token from the sequence, exactly as [`LEASE_ACQUIRE`] would write it.
+/// It replaces a release followed by the waiter's acquire: one commit and
+/// no NOTIFY instead of two commits and a NOTIFY. Only a lease that is
+/// still held by the database clock is handed on (an expired one is
+/// released as usual, so no holder picks a successor for a lease it no
+/// longer had). A row that already carries the waiter's owner id (a repeat
+/// of this statement whose answer was lost with its connection) is taken
+/// again, with a new token. No row: nothing was handed on.
+pub(super) const LEASE_HANDOFF: &str = "\
+WITH tok AS (
+    SELECT nextval('{s}.fencing_tokens') AS token
+)
+UPDATE {s}.leases AS l
+   SET token = tok.token, owner = $4, holder = $5,
+       acquired_at = clock_timestamp(), delay_ms = $8,
+       expires_at = clock_timestamp() + {s}.ttl($6),
+       data = coalesce($7, l.data), release_requested = false,
+       data_token = CASE WHEN $7::jsonb IS NOT NULL THEN tok.token ELSE l.data_token END,
+       data_holder = CASE WHEN $7::jsonb IS NOT NULL THEN $5::text ELSE l.data_holder END,
+       updated_at = clock_timestamp()
+  FROM tok
+ WHERE l.pool = '' AND l.name = $1
+   AND ((l.token = $2 AND l.owner = $3 AND l.expires_at > clock_timestamp()) OR l.owner = $4)
+RETURNING l.token, l.expires_at, l.data";
+
 /// Put a pool item back, if it is still ours: it goes to the end of the
 /// free order, and the pool's floor and version move so that no concurrent
 /// claim raises the floor past it. Wakes the pool's waiters.
