@@ -1,6 +1,8 @@
 //! Throughput cases at 1, 8 and 32 tasks: lease acquire+release, renew,
 //! pool claim+complete, semaphore acquire+release, advisory lock+unlock,
 //! each beside the same statements sent raw on dedicated connections.
+//! Advisory and lease cases also run pglock from as many OS threads
+//! ([`THREADS`]), the thread model of a Python caller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,11 @@ use sqlx::{PgConnection, Row};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::stats::{Record, run_loops};
+use crate::stats::{Record, Runner, alternate, on_tasks, on_threads};
 use crate::{Ctx, exec, q};
+
+/// The impl label of pglock called from OS threads ([`run_threads`]).
+pub const THREADS: &str = "pglock, OS threads";
 
 pub const TASKS: [usize; 3] = [1, 8, 32];
 
@@ -107,15 +112,23 @@ pub async fn raw_release<'e>(
         .unwrap();
 }
 
+/// Pushes the records of `sides` (impl label, runner), run in turns.
+async fn compare(ctx: &mut Ctx, case: &str, tasks: usize, sides: Vec<(&str, Runner)>) {
+    let (labels, runners): (Vec<&str>, Vec<Runner>) = sides.into_iter().unzip();
+    let out = alternate(ctx.secs, &runners).await;
+    for (imp, (lat, el)) in labels.into_iter().zip(out) {
+        ctx.push(Record::from_lat(case, imp, tasks, lat, el));
+    }
+}
+
 async fn lease(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
-    let case = "lease acquire+release";
     let c = conns(ctx, tasks).await;
     let (acq, rel) = (
         locks.__statements().lease_acquire.clone(),
         locks.__statements().lease_release.clone(),
     );
     let schema = locks.schema().to_owned();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let raw = move |t: usize, _| {
         let (c, acq, rel, schema) = (c.clone(), acq.clone(), rel.clone(), schema.clone());
         async move {
             let mut c = c[t].lock().await;
@@ -125,12 +138,9 @@ async fn lease(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
             assert!(ok, "raw lease {name} was held");
             raw_release(&mut *c, &rel, &schema, &name, token, owner).await;
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "raw", tasks, lat, el));
-
+    };
     let l = locks.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let ours = move |t: usize, _| {
         let l = l.clone();
         async move {
             let lease = l
@@ -141,13 +151,16 @@ async fn lease(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .expect("lease held");
             lease.release().await.unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "pglock", tasks, lat, el));
+    };
+    let sides = vec![
+        ("raw", on_tasks(tasks, raw)),
+        ("pglock", on_tasks(tasks, ours.clone())),
+        (THREADS, on_threads(tasks, ours)),
+    ];
+    compare(ctx, "lease acquire+release", tasks, sides).await;
 }
 
 async fn renew(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
-    let case = "lease renew";
     let sql = locks.__statements();
     let c = conns(ctx, tasks).await;
     // Raw: leases taken with the raw statement, renewed with the raw one.
@@ -168,9 +181,9 @@ async fn renew(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     }
     let raw = Arc::new(raw);
     let renew_sql = sql.lease_renew.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, {
+    let raw_op = {
         let raw = raw.clone();
-        move |t, _| {
+        move |t: usize, _| {
             let (c, sql, raw) = (c.clone(), renew_sql.clone(), raw.clone());
             async move {
                 let mut c = c[t].lock().await;
@@ -187,10 +200,7 @@ async fn renew(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 assert_eq!(rows.len(), 1, "raw renew lost {name}");
             }
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "raw", tasks, lat, el));
-
+    };
     let mut ours = Vec::new();
     for t in 0..tasks {
         ours.push(
@@ -204,12 +214,15 @@ async fn renew(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
         );
     }
     let handles: Arc<Vec<_>> = Arc::new(ours.iter().map(|l| l.handle()).collect());
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let our_op = move |t: usize, _| {
         let h = handles[t].clone();
         async move { h.renew().await.unwrap() }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "pglock", tasks, lat, el));
+    };
+    let sides = vec![
+        ("raw", on_tasks(tasks, raw_op)),
+        ("pglock", on_tasks(tasks, our_op)),
+    ];
+    compare(ctx, "lease renew", tasks, sides).await;
     for l in ours {
         l.release().await.unwrap();
     }
@@ -228,9 +241,9 @@ async fn renew(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
 }
 
 /// Pool claim+complete over a pool big enough not to drain, with pglock's
-/// claim and complete statements sent raw as the floor.
+/// claim and complete statements sent raw as the floor (both sides claim
+/// from the same pool, in turns).
 async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
-    let case = "pool claim+complete";
     let pool_name = format!("ops-{tasks}");
     let pool = locks.lease_pool(&pool_name);
     // Enough for both sides at 15k claims/s each.
@@ -250,7 +263,7 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     let c = conns(ctx, tasks).await;
     let (claim_sql, complete_sql) = (sql.pool_claim.clone(), sql.item_complete.clone());
     let name = pool_name.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let raw = move |t: usize, _| {
         let (c, claim_sql, complete_sql, pool) = (
             c.clone(),
             claim_sql.clone(),
@@ -282,12 +295,9 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .await
                 .unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "raw", tasks, lat, el));
-
+    };
     let l = locks.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let ours = move |t: usize, _| {
         let (l, pool) = (l.clone(), pool_name.clone());
         async move {
             let item = l
@@ -301,15 +311,17 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .expect("pool drained");
             item.complete().await.unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "pglock", tasks, lat, el));
+    };
+    let sides = vec![
+        ("raw", on_tasks(tasks, raw)),
+        ("pglock", on_tasks(tasks, ours)),
+    ];
+    compare(ctx, "pool claim+complete", tasks, sides).await;
 }
 
 /// Semaphore of 64 permits (never all taken): acquire+release. The floor
 /// sends pglock's claim (limited to the permits) and item release raw.
 async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
-    let case = "semaphore acquire+release";
     let permits = 64u32;
     let (raw_name, our_name) = (format!("sem-raw-{tasks}"), format!("sem-ours-{tasks}"));
     // Creates the permits of both semaphores.
@@ -326,7 +338,7 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     let c = conns(ctx, tasks).await;
     let (claim_sql, release_sql) = (sql.pool_claim.clone(), sql.item_release.clone());
     let schema = locks.schema().to_owned();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let raw = move |t: usize, _| {
         let (c, claim_sql, release_sql, sem, schema) = (
             c.clone(),
             claim_sql.clone(),
@@ -360,12 +372,9 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .await
                 .unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "raw", tasks, lat, el));
-
+    };
     let l = locks.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |_, _| {
+    let ours = move |_, _| {
         let (l, sem) = (l.clone(), our_name.clone());
         async move {
             let p = l
@@ -376,16 +385,18 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .expect("no permit");
             p.release().await.unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "pglock", tasks, lat, el));
+    };
+    let sides = vec![
+        ("raw", on_tasks(tasks, raw)),
+        ("pglock", on_tasks(tasks, ours)),
+    ];
+    compare(ctx, "semaphore acquire+release", tasks, sides).await;
 }
 
 /// Advisory lock+unlock on distinct keys per task.
 async fn advisory(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
-    let case = "advisory lock+unlock";
     let c = conns(ctx, tasks).await;
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let raw = move |t: usize, _| {
         let c = c.clone();
         async move {
             let mut c = c[t].lock().await;
@@ -400,18 +411,19 @@ async fn advisory(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .await
                 .unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "raw", tasks, lat, el));
-
+    };
     let l = locks.clone();
-    let (lat, el) = run_loops(tasks, ctx.secs, move |t, _| {
+    let ours = move |t: usize, _| {
         let l = l.clone();
         async move {
             let g = l.advisory(1000 + t as i64).lock().await.unwrap();
             g.release().await.unwrap();
         }
-    })
-    .await;
-    ctx.push(Record::from_lat(case, "pglock", tasks, lat, el));
+    };
+    let sides = vec![
+        ("raw", on_tasks(tasks, raw)),
+        ("pglock", on_tasks(tasks, ours.clone())),
+        (THREADS, on_threads(tasks, ours)),
+    ];
+    compare(ctx, "advisory lock+unlock", tasks, sides).await;
 }

@@ -225,3 +225,90 @@ where
     }
     (lat, start.elapsed())
 }
+
+/// As [`run_loops`], from `threads` OS threads that each run one operation
+/// at a time with `Handle::block_on` on this runtime, as synchronous code
+/// calls an async crate. That is the thread model of a Python caller (one
+/// OS thread per caller, woken for every answer), so the Python binding's
+/// benchmark compares its rates with these as well as with tasks'.
+pub async fn run_threads<F, Fut>(threads: usize, dur: Duration, op: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let rt = tokio::runtime::Handle::current();
+    let start = Instant::now();
+    let end = start + dur;
+    let joins: Vec<_> = (0..threads)
+        .map(|t| {
+            let (op, rt) = (op.clone(), rt.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while Instant::now() < end {
+                    let s = Instant::now();
+                    rt.block_on(op(t, i));
+                    lat.push(s.elapsed());
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat = tokio::task::spawn_blocking(move || {
+        joins
+            .into_iter()
+            .flat_map(|j| j.join().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    (lat, start.elapsed())
+}
+
+/// One side of a comparison: runs its operation for the given time and
+/// returns its latencies and the time it took.
+pub type Runner = Box<
+    dyn Fn(Duration) -> std::pin::Pin<Box<dyn Future<Output = (Vec<Duration>, Duration)> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// `op` from `tasks` tasks ([`run_loops`]), as a [`Runner`].
+pub fn on_tasks<F, Fut>(tasks: usize, op: F) -> Runner
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |dur| Box::pin(run_loops(tasks, dur, op.clone())))
+}
+
+/// `op` from `threads` OS threads ([`run_threads`]), as a [`Runner`].
+pub fn on_threads<F, Fut>(threads: usize, op: F) -> Runner
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |dur| Box::pin(run_threads(threads, dur, op.clone())))
+}
+
+/// How many turns each side of [`alternate`] gets.
+const TURNS: u32 = 4;
+
+/// Runs the sides in turns (a, b, a, b, ...), [`TURNS`] each, for `dur` in
+/// all per side, and returns each side's latencies and time. A machine
+/// whose speed drifts (a checkpoint, autovacuum, a neighbour on the host)
+/// then slows every side alike, instead of whichever ran second; the
+/// figures that count are the ratios between sides.
+pub async fn alternate(dur: Duration, sides: &[Runner]) -> Vec<(Vec<Duration>, Duration)> {
+    let turn = dur / TURNS;
+    let mut out = vec![(Vec::new(), Duration::ZERO); sides.len()];
+    for _ in 0..TURNS {
+        for (side, run) in out.iter_mut().zip(sides) {
+            let (lat, el) = run(turn).await;
+            side.0.extend(lat);
+            side.1 += el;
+        }
+    }
+    out
+}

@@ -12,8 +12,10 @@ cluster with fsync=on and synchronous_commit=on (production settings).
 
 ``--rust`` also runs the crate's benchmark suite (``cargo bench --features
 internals --bench suite -- --only lease,advisory``) against the same server
-afterwards and prints the crate's rates at the same task counts, with the
-ratio Python/Rust (a release build of the suite: slow the first time).
+afterwards and prints the crate's rates at the same counts, called from
+tokio tasks and from OS threads (each blocking on one call, as a Python
+thread does), with the ratio Python/Rust (a release build of the suite:
+slow the first time).
 """
 
 from __future__ import annotations
@@ -169,13 +171,18 @@ def rust_rates(url: str, args, results) -> None:
     subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     doc = json.loads((root / "target" / "bench" / "suite.json").read_text())
     threads = [int(x) for x in args.threads.split(",")]
+    # The crate from tokio tasks (two runtime threads serve them all), and
+    # from as many OS threads, each blocking on one call at a time as a
+    # Python thread does.
+    impls = [("pglock", "Rust crate, tasks"), ("pglock, OS threads", "Rust crate, OS threads")]
     for kind in ("advisory lock+unlock", "lease acquire+release"):
-        for r in doc["medians"]:
-            if r["case"] == kind and r["impl"] == "pglock" and r["tasks"] in threads:
-                py = results[(f"{kind}, pglock", r["tasks"])]
-                print(f"{kind + ', Rust crate':<44} {r['tasks']:>2} thr  {r['ops_per_s']:>9.0f} ops/s  "
-                      f"p50 {r['p50_ms'] * 1000:>7.0f} µs  p99 {r['p99_ms'] * 1000:>7.0f} µs"
-                      f"   -> Python/Rust = {py / r['ops_per_s']:.2f}", flush=True)
+        for imp, label in impls:
+            for r in doc["medians"]:
+                if r["case"] == kind and r["impl"] == imp and r["tasks"] in threads:
+                    py = results[(f"{kind}, pglock", r["tasks"])]
+                    print(f"{kind + ', ' + label:<44} {r['tasks']:>2} thr  {r['ops_per_s']:>9.0f} ops/s  "
+                          f"p50 {r['p50_ms'] * 1000:>7.0f} µs  p99 {r['p99_ms'] * 1000:>7.0f} µs"
+                          f"   -> Python/Rust = {py / r['ops_per_s']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
