@@ -5,6 +5,8 @@
 //! pglock: waiters blocked in `acquire()` on one `Locks` (one LISTEN
 //! connection). Raw floor: one LISTEN connection per waiter that, on the
 //! release's NOTIFY, sends the acquire statement; the first to get it wins.
+//! The first [`WARMUP`] rounds of each side are not counted: they open
+//! connections and prepare statements.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use crate::{Ctx, exec};
 
 const SCHEMA: &str = "bench_wakeup";
 const CASE: &str = "wake-up release->acquired";
+const WARMUP: usize = 2;
 
 pub async fn run(ctx: &mut Ctx) {
     exec(
@@ -90,7 +93,7 @@ async fn raw(ctx: &mut Ctx, locks: &Locks, waiters: usize, rounds: usize) {
     }
     let mut holder = ctx.raw_connection().await;
     let mut lat = Vec::new();
-    for i in 0..rounds {
+    for i in 0..rounds + WARMUP {
         let name = format!("raw-{waiters}-{i}");
         let owner = Uuid::new_v4();
         let (ok, token) = raw_acquire(&mut holder, &acq, &name, owner, 60_000).await;
@@ -100,7 +103,9 @@ async fn raw(ctx: &mut Ctx, locks: &Locks, waiters: usize, rounds: usize) {
         let s = Instant::now();
         raw_release(&mut holder, &rel, SCHEMA, &name, token, owner).await;
         let at = won.recv().await.unwrap();
-        lat.push(at.saturating_duration_since(s));
+        if i >= WARMUP {
+            lat.push(at.saturating_duration_since(s));
+        }
         for _ in 0..waiters {
             done.recv().await.unwrap();
         }
@@ -119,7 +124,7 @@ async fn ours(ctx: &mut Ctx, locks: &Locks, waiters: usize, rounds: usize) {
         .build()
         .unwrap();
     let mut lat = Vec::new();
-    for i in 0..rounds {
+    for i in 0..rounds + WARMUP {
         let name = format!("ours-{waiters}-{i}");
         let held = locks
             .lease(&name)
@@ -143,7 +148,9 @@ async fn ours(ctx: &mut Ctx, locks: &Locks, waiters: usize, rounds: usize) {
         let s = Instant::now();
         held.release().await.unwrap();
         let at = won.recv().await.unwrap();
-        lat.push(at.saturating_duration_since(s));
+        if i >= WARMUP {
+            lat.push(at.saturating_duration_since(s));
+        }
         for t in &tasks {
             t.abort();
         }
