@@ -98,6 +98,10 @@
 //!   forever.
 //! - Release is idempotent and does not report a lease that merely lapsed;
 //!   `renew()` and `fence()` do.
+//! - A released lease goes straight to the task of the same [`Locks`] that
+//!   has waited longest for it (*hand-off*: one statement, no NOTIFY), at
+//!   most three times in a row; the next release wakes every process's
+//!   waiters. Waiters of one `Locks` are served in the order they queued.
 //! - Data outlives its holder, for plain leases as for pool items: an
 //!   acquire without [`data`](LeaseRequest::data) keeps the payload the
 //!   previous holder left, so a worker that takes over `shard-17` resumes

@@ -1,5 +1,5 @@
 //! The metrics move: with a recorder installed, acquire, contention,
-//! release, a lost lease and a give-back are each counted.
+//! release, a lost lease, a give-back and a hand-off are each counted.
 
 mod support;
 
@@ -50,7 +50,7 @@ impl Seen {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counters_move_for_acquire_contention_release_lost_and_give_back() {
+async fn counters_move_for_acquire_contention_release_lost_give_back_and_hand_off() {
     let recorder = DebuggingRecorder::new();
     let seen = Seen {
         snap: recorder.snapshotter(),
@@ -126,4 +126,25 @@ async fn counters_move_for_acquire_contention_release_lost_and_give_back() {
     })
     .await;
     assert!(t.locks.lease("m2").try_acquire().await.unwrap().is_some());
+
+    // Hand-off: a waiter of the same Locks gets the lease from the
+    // release itself, which sends no NOTIFY.
+    let (notifies, contended) = (
+        seen.read(m::NOTIFIES, None),
+        seen.read(m::CONTENDED, Some("lease")),
+    );
+    let lease = t.locks.lease("m3").ttl(ttl).acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let locks = t.locks.clone();
+        async move { locks.lease("m3").ttl(ttl).acquire().await.unwrap() }
+    });
+    eventually(10, "the waiter found it held", || async {
+        seen.read(m::CONTENDED, Some("lease")) == contended + 1
+    })
+    .await;
+    assert_eq!(seen.read(m::HANDOFFS, None), 0);
+    lease.release().await.unwrap();
+    assert_eq!(seen.read(m::HANDOFFS, None), 1);
+    assert_eq!(seen.read(m::NOTIFIES, None), notifies);
+    waiter.await.unwrap().release().await.unwrap();
 }

@@ -1,6 +1,6 @@
 """pglock from Python vs the same SQL sent raw with psycopg, in one run.
 
-    python bench/bench.py [--seconds 3] [--threads 1,8] [--fast] [--rust]
+    python bench/bench.py [--seconds 3] [--threads 1,8] [--rounds 3] [--fast] [--rust]
 
 Advisory lock+unlock (``lock()`` + ``release()`` vs ``pg_advisory_lock`` /
 ``pg_advisory_unlock`` on a dedicated connection per thread) and lease
@@ -15,7 +15,9 @@ internals --bench suite -- --only lease,advisory``) against the same server
 afterwards and prints the crate's rates at the same counts, called from
 tokio tasks and from OS threads (each blocking on one call, as a Python
 thread does), with the ratio Python/Rust (a release build of the suite:
-slow the first time).
+slow the first time). ``--rounds N`` makes N passes, each the Python
+cases then the crate's, and prints medians: the machine's speed drifts, so
+a ratio is taken within one pass.
 """
 
 from __future__ import annotations
@@ -90,21 +92,8 @@ def protocol_sql(heading: str, schema: str) -> str:
     return sql.replace("{schema}", schema)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--threads", default="1,8")
-    ap.add_argument("--rust", action="store_true",
-                    help="also run the crate's suite on the same server and compare")
-    ap.add_argument("--fast", action="store_true",
-                    help="throwaway cluster with fsync=off, like `cargo bench`'s")
-    args = ap.parse_args()
-    url = database_url(durable=not args.fast)
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    locks = pglock.connect(url, schema=schema, holder="bench")
-    locks.migrate()
-    acquire_sql = named(protocol_sql("Acquire a lease", schema))
-    release_sql = named(protocol_sql("Release a plain lease", schema))
+def python_round(url: str, locks, schema: str, args, acquire_sql: str, release_sql: str) -> dict:
+    """One pass of every Python case at every thread count: {(label, threads): ops/s}."""
     results = {}
     for threads in [int(x) for x in args.threads.split(",")]:
 
@@ -153,36 +142,75 @@ def main() -> None:
             ("lease acquire+release, raw psycopg", raw_lease),
         ]:
             results[(label, threads)] = run(label, threads, args.seconds, make)
-        for kind in ("advisory lock+unlock", "lease acquire+release"):
-            ratio = results[(f"{kind}, pglock", threads)] / results[(f"{kind}, raw psycopg", threads)]
-            print(f"  -> {kind}: pglock/raw = {ratio:.2f} at {threads} thread(s)", flush=True)
-    if args.rust:
-        rust_rates(url, args, results)
+    return results
 
 
-def rust_rates(url: str, args, results) -> None:
+KINDS = ("advisory lock+unlock", "lease acquire+release")
+# The crate from tokio tasks (two runtime threads serve them all), and from
+# as many OS threads, each blocking on one call at a time as a Python thread
+# does.
+RUST_IMPLS = [("pglock", "Rust, tasks"), ("pglock, OS threads", "Rust, OS threads")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--threads", default="1,8")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="passes; with --rust each pass runs the Python cases, then the crate's")
+    ap.add_argument("--rust", action="store_true",
+                    help="also run the crate's suite on the same server and compare")
+    ap.add_argument("--fast", action="store_true",
+                    help="throwaway cluster with fsync=off, like `cargo bench`'s")
+    args = ap.parse_args()
+    url = database_url(durable=not args.fast)
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    locks = pglock.connect(url, schema=schema, holder="bench")
+    locks.migrate()
+    acquire_sql = named(protocol_sql("Acquire a lease", schema))
+    release_sql = named(protocol_sql("Release a plain lease", schema))
+    threads = [int(x) for x in args.threads.split(",")]
+    rounds = []
+    for r in range(args.rounds):
+        print(f"\n== pass {r + 1} of {args.rounds}", flush=True)
+        py = python_round(url, locks, schema, args, acquire_sql, release_sql)
+        rust = rust_rates(url, args) if args.rust else {}
+        rounds.append((py, rust))
+    print(f"\n== medians of {len(rounds)} pass(es); ratios are medians of each pass's ratio", flush=True)
+    med = statistics.median
+    for kind in KINDS:
+        for t in threads:
+            ours = [py[(f"{kind}, pglock", t)] for py, _ in rounds]
+            raw = [py[(f"{kind}, raw psycopg", t)] for py, _ in rounds]
+            line = (f"{kind:<24} {t:>2} thr  pglock {med(ours):>8.0f}  raw psycopg {med(raw):>8.0f}"
+                    f"  pglock/raw {med([a / b for a, b in zip(ours, raw)]):.2f}")
+            for imp, label in RUST_IMPLS if args.rust else []:
+                crate = [rust[(kind, imp, t)] for _, rust in rounds]
+                line += (f"  {label} {med(crate):>8.0f}"
+                         f" (Python/Rust {med([a / b for a, b in zip(ours, crate)]):.2f})")
+            print(line, flush=True)
+
+
+def rust_rates(url: str, args) -> dict:
     """The crate's own rates for the same cases, from its benchmark suite run
-    against the same server, beside the Python ones."""
+    against the same server: {(case, impl, tasks): ops/s}."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, DATABASE_URL=url)
     cmd = ["cargo", "bench", "--features", "internals", "--bench", "suite", "--",
            "--only", "lease,advisory", "--secs", str(args.seconds), "--no-charts"]
-    print("\n== the crate, same server: " + " ".join(cmd), flush=True)
+    print("== the crate, same server: " + " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
     doc = json.loads((root / "target" / "bench" / "suite.json").read_text())
     threads = [int(x) for x in args.threads.split(",")]
-    # The crate from tokio tasks (two runtime threads serve them all), and
-    # from as many OS threads, each blocking on one call at a time as a
-    # Python thread does.
-    impls = [("pglock", "Rust crate, tasks"), ("pglock, OS threads", "Rust crate, OS threads")]
-    for kind in ("advisory lock+unlock", "lease acquire+release"):
-        for imp, label in impls:
-            for r in doc["medians"]:
-                if r["case"] == kind and r["impl"] == imp and r["tasks"] in threads:
-                    py = results[(f"{kind}, pglock", r["tasks"])]
-                    print(f"{kind + ', ' + label:<44} {r['tasks']:>2} thr  {r['ops_per_s']:>9.0f} ops/s  "
-                          f"p50 {r['p50_ms'] * 1000:>7.0f} µs  p99 {r['p99_ms'] * 1000:>7.0f} µs"
-                          f"   -> Python/Rust = {py / r['ops_per_s']:.2f}", flush=True)
+    out = {}
+    for r in doc["medians"]:
+        if r["case"] in KINDS and r["tasks"] in threads:
+            out[(r["case"], r["impl"], r["tasks"])] = r["ops_per_s"]
+    for kind in KINDS:
+        for imp, label in RUST_IMPLS:
+            for t in threads:
+                print(f"{kind + ', ' + label:<44} {t:>2} thr  {out[(kind, imp, t)]:>9.0f} ops/s", flush=True)
+    return out
 
 
 if __name__ == "__main__":
