@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pglock::{Error, LeaseRef};
 use serde_json::json;
-use support::lease::{LONG, held, held_for, name, refused};
+use support::lease::{LONG, held, held_for, name, refused, waited};
 use support::{TestDb, db};
 
 /// Moves the lease's expiry into the past by the database clock: what
@@ -357,13 +357,7 @@ async fn exclusion_holds_under_contention_with_increasing_tokens() {
         let (n, inside, table, pool) = (n.clone(), inside.clone(), table.clone(), t.pool.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..10 {
-                let l = locks
-                    .lease(&n)
-                    .ttl(LONG)
-                    .timeout(Duration::from_secs(60))
-                    .acquire()
-                    .await
-                    .unwrap();
+                let l = waited(&locks, &n).await;
                 assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
                 let mut tx = pool.begin().await.unwrap();
                 l.fence(&mut tx).await.unwrap();

@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use support::lease::{LONG, held_for, name};
+use support::lease::{LONG, held_for, name, waited};
 use support::{TestDb, db, eventually};
 
 /// A LISTEN on pglock's channel, in place.
@@ -311,47 +311,63 @@ async fn notified_since(t: &TestDb, l: &mut PgListener) -> Vec<String> {
     }
 }
 
-/// Spawns a waiter of `locks` for `n` that, once it holds the lease, sends
-/// its index and the token on `tx`, then releases it unless `keep` (then it
-/// sends the lease itself on `kept`).
-fn spawn_waiter(
-    locks: &pglock::Locks,
-    n: &str,
-    i: usize,
-    tx: &tokio::sync::mpsc::UnboundedSender<(usize, i64)>,
-    kept: Option<tokio::sync::oneshot::Sender<pglock::Lease>>,
-) {
-    let (locks, n, tx) = (locks.clone(), n.to_owned(), tx.clone());
+type Got = tokio::sync::mpsc::UnboundedSender<(usize, i64)>;
+
+/// A schema with a LISTEN on it, a lease `n` that `t.locks` holds (`a`),
+/// and the channel waiters report on (`tx`, `rx`).
+type Scene = (
+    TestDb,
+    PgListener,
+    String,
+    pglock::Lease,
+    Got,
+    tokio::sync::mpsc::UnboundedReceiver<(usize, i64)>,
+);
+
+async fn scene() -> Scene {
+    let t = db().await;
+    let l = listener(&t).await;
+    let n = name();
+    let a = held_for(&t.locks, &n, LONG).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (t, l, n, a, tx, rx)
+}
+type Kept = tokio::sync::oneshot::Receiver<pglock::Lease>;
+
+/// Spawns waiter `i` of `t.locks` for `n`, and returns once it is queued.
+/// Once it holds the lease, it sends its index and the token on `got`,
+/// then it releases the lease, or with `keep` sends it on the returned
+/// channel instead.
+async fn queue_waiter(t: &TestDb, n: &str, i: usize, got: &Got, keep: bool) -> Option<Kept> {
+    let queued = t.locks.__queued(n);
+    let (kept_tx, kept) = match keep {
+        true => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let (locks, name, got) = (t.locks.clone(), n.to_owned(), got.clone());
     tokio::spawn(async move {
-        let l = locks
-            .lease(&n)
-            .ttl(LONG)
-            .timeout(Duration::from_secs(30))
-            .acquire()
-            .await
-            .unwrap();
-        tx.send((i, l.token())).unwrap();
-        match kept {
+        let l = waited(&locks, &name).await;
+        got.send((i, l.token())).unwrap();
+        match kept_tx {
             Some(kept) => kept.send(l).unwrap(),
             None => l.release().await.unwrap(),
         }
     });
+    eventually(10, &format!("waiter {i} queued"), || async {
+        t.locks.__queued(n) == queued + 1
+    })
+    .await;
+    kept
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_hands_the_lease_to_a_waiter_of_the_same_locks_without_a_notify() {
     for _ in 0..20 {
-        let t = db().await;
-        let mut l = listener(&t).await;
-        let n = name();
-        let a = held_for(&t.locks, &n, LONG).await;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (kept_tx, kept) = tokio::sync::oneshot::channel();
-        spawn_waiter(&t.locks, &n, 0, &tx, Some(kept_tx));
-        eventually(10, "the waiter queued", || async {
-            t.locks.__queued(&n) == 1
-        })
-        .await;
+        let (t, mut l, n, a, tx, mut rx) = scene().await;
+        let kept = queue_waiter(&t, &n, 0, &tx, true).await.unwrap();
         let a_token = a.token();
         a.release().await.unwrap();
         let (_, token) = rx.recv().await.unwrap();
@@ -370,21 +386,12 @@ async fn a_release_hands_the_lease_to_a_waiter_of_the_same_locks_without_a_notif
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_is_handed_on_at_most_three_times_in_a_row_then_released_to_everyone() {
     for _ in 0..10 {
-        let t = db().await;
-        let mut l = listener(&t).await;
-        let n = name();
-        let a = held_for(&t.locks, &n, LONG).await;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (kept_tx, kept) = tokio::sync::oneshot::channel();
-        let mut kept_tx = Some(kept_tx);
+        let (t, mut l, n, a, tx, mut rx) = scene().await;
+        let mut kept = None;
         for i in 0..5 {
-            let keep = if i == 4 { kept_tx.take() } else { None };
-            spawn_waiter(&t.locks, &n, i, &tx, keep);
-            eventually(10, "the waiter queued", || async {
-                t.locks.__queued(&n) == i + 1
-            })
-            .await;
+            kept = queue_waiter(&t, &n, i, &tx, i == 4).await;
         }
+        let kept = kept.unwrap();
         a.release().await.unwrap();
         let mut got = Vec::new();
         for _ in 0..5 {
@@ -406,17 +413,8 @@ async fn a_name_is_handed_on_at_most_three_times_in_a_row_then_released_to_every
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_release_is_not_handed_to_a_waiter_of_the_same_locks() {
-    let t = db().await;
-    let mut l = listener(&t).await;
-    let n = name();
-    let a = held_for(&t.locks, &n, LONG).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (kept_tx, kept) = tokio::sync::oneshot::channel();
-    spawn_waiter(&t.locks, &n, 0, &tx, Some(kept_tx));
-    eventually(10, "the waiter queued", || async {
-        t.locks.__queued(&n) == 1
-    })
-    .await;
+    let (t, mut l, n, a, tx, mut rx) = scene().await;
+    let kept = queue_waiter(&t, &n, 0, &tx, true).await.unwrap();
     let asked = t.other("ops").request_release(&n).await.unwrap();
     assert_eq!(asked, Some(a.token()));
     a.release_requested().await;
@@ -471,23 +469,9 @@ async fn a_lease_handed_to_a_waiter_that_is_gone_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_lost_its_lease_hands_nothing_on_and_the_waiter_keeps_its_place() {
-    let t = db().await;
-    let mut l = listener(&t).await;
-    let n = name();
-    let a = held_for(&t.locks, &n, LONG).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (kept_tx, kept) = tokio::sync::oneshot::channel();
-    spawn_waiter(&t.locks, &n, 1, &tx, Some(kept_tx));
-    eventually(10, "the first waiter queued", || async {
-        t.locks.__queued(&n) == 1
-    })
-    .await;
-    let (kept2_tx, kept2) = tokio::sync::oneshot::channel();
-    spawn_waiter(&t.locks, &n, 2, &tx, Some(kept2_tx));
-    eventually(10, "the second waiter queued", || async {
-        t.locks.__queued(&n) == 2
-    })
-    .await;
+    let (t, mut l, n, a, tx, mut rx) = scene().await;
+    let kept = queue_waiter(&t, &n, 1, &tx, true).await.unwrap();
+    let kept2 = queue_waiter(&t, &n, 2, &tx, true).await.unwrap();
     // Taken from `a` behind its back: the first waiter wakes and takes it.
     t.other("ops").force_release(&n).await.unwrap();
     assert_eq!(rx.recv().await.unwrap().0, 1);
@@ -528,13 +512,7 @@ async fn a_hot_lease_shared_by_two_handles_is_held_by_one_at_a_time_in_token_ord
             let (holding, turns) = (holding.clone(), turns.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..25 {
-                    let l = locks
-                        .lease(&n)
-                        .ttl(LONG)
-                        .timeout(Duration::from_secs(60))
-                        .acquire()
-                        .await
-                        .unwrap();
+                    let l = waited(&locks, &n).await;
                     assert_eq!(holding.fetch_add(1, Ordering::SeqCst), 0, "two holders");
                     turns.lock().unwrap().push((l.token(), p * 4 + w));
                     tokio::task::yield_now().await;

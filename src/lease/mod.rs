@@ -279,7 +279,7 @@ impl LeaseRequest {
     /// of the same `Locks` (a task of this process) that releases it hands
     /// it straight to the waiter that has waited longest, in one statement
     /// (at most three times in a row, then it releases it to every process;
-    /// never when a release was requested).
+    /// never once the holder has seen a release request).
     ///
     /// # Cancel safety
     ///

@@ -34,6 +34,17 @@ pub async fn held_for(locks: &Locks, name: &str, ttl: Duration) -> Lease {
         .unwrap_or_else(|| panic!("lease {name} is not free"))
 }
 
+/// `name` taken by `locks` for [`LONG`], waiting up to a minute for it.
+pub async fn waited(locks: &Locks, name: &str) -> Lease {
+    locks
+        .lease(name)
+        .ttl(LONG)
+        .timeout(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("lease {name}: {e}"))
+}
+
 /// Whether `locks` is refused `name` right now (someone else holds it).
 pub async fn refused(locks: &Locks, name: &str) -> bool {
     locks.lease(name).try_acquire().await.unwrap().is_none()
