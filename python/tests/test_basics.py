@@ -123,3 +123,34 @@ def test_the_listing_names_whose_data_it_is(locks, other):
         second.set_data({"step": 1900})
         row = [r for r in locks.leases() if r.name == "resume"][0]
         assert (row.data_token, row.data_holder) == (second.token, "other")
+
+
+def test_threads_take_a_hot_lease_in_turn_handed_on_within_one_locks(locks, other):
+    """Three threads share `locks` (a release hands the lease straight to
+    one of them), a fourth uses `other` (another process, in effect): one
+    holder at a time, tokens rising in the order they held it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    guard = threading.Lock()
+    holding = []
+    turns = []
+
+    def worker(handle):
+        for _ in range(10):
+            lease = handle.lease("hot", ttl=30, timeout=30).acquire()
+            with guard:
+                assert not holding, "two holders at once"
+                holding.append(lease.token)
+                turns.append(lease.token)
+            time.sleep(0.001)
+            with guard:
+                holding.pop()
+            lease.release()
+
+    with ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(worker, h) for h in (locks, locks, locks, other)]:
+            f.result()
+    assert len(turns) == 40
+    assert turns == sorted(turns) and len(set(turns)) == 40
