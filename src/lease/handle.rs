@@ -334,7 +334,7 @@ impl LeaseRef {
         let db = self.db();
         let s = &self.shared;
         let owner = Uuid::new_v4();
-        let (holder, terms) = (offer.holder.clone(), &offer.terms);
+        let terms = &offer.terms;
         let sent = Instant::now();
         let out = db
             .fetch_optional(Repeat::Safe, &db.sql.lease_handoff, |q| {
@@ -342,7 +342,7 @@ impl LeaseRef {
                     .bind(s.id.token)
                     .bind(s.id.owner)
                     .bind(owner)
-                    .bind(holder.clone())
+                    .bind(offer.holder.clone())
                     .bind(terms.ttl_ms())
                     .bind(offer.data.clone())
                     .bind(terms.delay_ms())

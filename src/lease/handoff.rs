@@ -100,39 +100,30 @@ pub(crate) struct Offer {
     pub(crate) terms: Terms,
     pub(crate) data: Option<Value>,
     queues: Weak<Queues>,
-    queued: std::sync::atomic::AtomicBool,
     slot: Mutex<Option<Lease>>,
     arrived: Notify,
 }
 
 impl Offer {
-    pub(crate) fn new(
+    /// A waiter's offer, at the end of its name's line.
+    pub(crate) fn queued(
         queues: &Arc<Queues>,
         name: String,
         holder: String,
         terms: Terms,
         data: Option<Value>,
     ) -> Arc<Offer> {
-        Arc::new(Offer {
+        let offer = Arc::new(Offer {
             name,
             holder,
             terms,
             data,
             queues: Arc::downgrade(queues),
-            queued: Default::default(),
             slot: Mutex::new(None),
             arrived: Notify::new(),
-        })
-    }
-
-    /// Joins the end of its name's line, once.
-    pub(crate) fn queue(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
-        if !self.queued.swap(true, Ordering::Relaxed)
-            && let Some(q) = self.queues.upgrade()
-        {
-            q.join(self);
-        }
+        });
+        queues.join(&offer);
+        offer
     }
 
     /// The lease handed to this waiter, if one arrived.
@@ -166,9 +157,7 @@ impl Drop for Offer {
         if self.slot.get_mut().unwrap().take().is_some() {
             crate::metrics::gave_back();
         }
-        if *self.queued.get_mut()
-            && let Some(q) = self.queues.upgrade()
-        {
+        if let Some(q) = self.queues.upgrade() {
             q.forget(&self.name);
         }
     }

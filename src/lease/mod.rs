@@ -45,6 +45,7 @@ pub use handle::LeaseRef;
 pub use owned::{Lease, Permit, PoolLease};
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -296,27 +297,36 @@ impl LeaseRequest {
         self.validate()?;
         let what = || format!("lease {:?}", self.name);
         let db = self.locks.db();
-        let offer = Offer::new(
-            self.locks.handoffs(),
-            self.name.clone(),
-            self.terms.holder(&self.locks),
-            self.terms.clone(),
-            self.data.clone(),
-        );
+        // The waiter's place in line for a hand-off, taken after its first
+        // look fails (an uncontended acquire makes none).
+        let offer = std::sync::OnceLock::<Arc<Offer>>::new();
         let (me, offer) = (&self, &offer);
         // A look takes a lease handed to this waiter before it asks the
-        // database; after a look that failed, the waiter is in line.
+        // database.
         let look = move || async move {
-            if let Some(lease) = offer.take() {
+            if let Some(lease) = offer.get().and_then(|o| o.take()) {
                 return Ok(Look::Done(lease));
             }
             let look = me.attempt().await?;
             if !matches!(look, Look::Done(_)) {
-                offer.queue();
+                offer.get_or_init(|| {
+                    Offer::queued(
+                        me.locks.handoffs(),
+                        me.name.clone(),
+                        me.terms.holder(&me.locks),
+                        me.terms.clone(),
+                        me.data.clone(),
+                    )
+                });
             }
             Ok(look)
         };
-        let arrived = move || offer.arrived();
+        let arrived = move || async move {
+            match offer.get() {
+                Some(o) => o.arrived().await,
+                None => std::future::pending().await,
+            }
+        };
         wait::acquire(
             db,
             (Kind::Lease, &self.name),
