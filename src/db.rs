@@ -23,10 +23,15 @@ pub(crate) type Q = Query<'static, Postgres, PgArguments>;
 /// May a statement run again on a fresh connection when the reused one
 /// turned out dead? Its first run may have committed before the connection
 /// died.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Repeat {
     /// Idempotent, or recognises its own owner id: repeat once.
     Safe,
+    /// Repeat once as the statement this picks, with the same parameters:
+    /// one that also recognises its own owner id, where the first run
+    /// need not (a claim's probe for an item it already holds runs only
+    /// when repeated).
+    As(fn(&Statements) -> &String),
     /// Never repeat.
     Never,
 }
@@ -49,6 +54,11 @@ pub(crate) struct Db {
     pub(crate) quoted_schema: String,
     /// `migrate` accepts asynchronous replication (with a warning).
     pub(crate) allow_async_replication: bool,
+    /// Pools whose free floor a background [`POOL_RAISE`] of this handle
+    /// is raising: at most one in flight per pool.
+    ///
+    /// [`POOL_RAISE`]: crate::sql::Statements::pool_raise
+    pub(crate) raising: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Every statement on pglock's tables, with the schema filled in.
     pub(crate) sql: Statements,
     /// The shared LISTEN connection of waiters.
@@ -87,6 +97,7 @@ impl Db {
             schema,
             quoted_schema,
             allow_async_replication: false,
+            raising: Default::default(),
         }
     }
 
@@ -153,13 +164,17 @@ impl Db {
     ) -> Result<Vec<PgRow>> {
         let mut session = self.sessions.statement().await.map_err(|e| self.error(e))?;
         let out = match self.run(&mut session, sql, &bind).await {
-            Err(e) if repeat == Repeat::Safe && session.reused && is_dead(&e) => {
+            Err(e) if !matches!(repeat, Repeat::Never) && session.reused && is_dead(&e) => {
                 session = self
                     .sessions
                     .reconnect(session)
                     .await
                     .map_err(|e| self.error(e))?;
-                self.run(&mut session, sql, &bind).await
+                let again = match repeat {
+                    Repeat::As(pick) => pick(&self.sql),
+                    _ => sql,
+                };
+                self.run(&mut session, again, &bind).await
             }
             out => out,
         };
@@ -194,7 +209,8 @@ impl Db {
 
     /// Runs the statement `take` picks from the statements, a statement
     /// that may take something for this caller (an acquire or a claim), to
-    /// its end in a task of its own, and returns its row. If the caller goes
+    /// its end in a task of its own (repeated as `repeat` says), and
+    /// returns its row. If the caller goes
     /// away first (cancelled, timed out), or the statement fails so that its
     /// outcome is unknown, the statement `undo` picks runs in that task
     /// *after* it: ordered after the statement it undoes, it always finds
@@ -202,6 +218,7 @@ impl Db {
     pub(crate) async fn take<B, U>(
         self: &Arc<Self>,
         take: fn(&Statements) -> &String,
+        repeat: Repeat,
         bind: B,
         undo: fn(&Statements) -> &String,
         undo_bind: U,
@@ -213,7 +230,7 @@ impl Db {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let db = self.clone();
         tokio::spawn(async move {
-            let out = db.fetch_optional(Repeat::Safe, take(&db.sql), &bind).await;
+            let out = db.fetch_optional(repeat, take(&db.sql), &bind).await;
             let undo: UndoFn = Box::new(move |db: Arc<Db>| -> UndoFuture {
                 Box::pin(
                     async move { db.fetch_all(Repeat::Never, undo(&db.sql), &undo_bind).await },

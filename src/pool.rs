@@ -46,6 +46,7 @@
 //! could not end. [`Claim::try_acquire`] returns `Ok(None)` then, as on
 //! contention; [`LeasePool::status`] tells the two apart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{FromRow, Row};
@@ -370,6 +371,7 @@ async fn claim_look(
     let row = db
         .take(
             |s| &s.pool_claim,
+            Repeat::As(|s| &s.pool_claim_retry),
             move |q| {
                 q.bind(&p)
                     .bind(owner)
@@ -381,28 +383,72 @@ async fn claim_look(
             |s| &s.item_abandon,
             move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
         )
-        .await?
-        .ok_or_else(|| db.error(sqlx::Error::RowNotFound))?;
-    if row.try_get::<bool, _>("claimed")? {
+        .await?;
+    if let Some(row) = row {
+        if row.try_get::<Option<bool>, _>("raise")? == Some(true) {
+            raise_floor(db, &pool);
+        }
         let name = row.try_get("name")?;
         let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
         return Ok(Look::Done(shared));
     }
+    // Nothing claimed: ask why, in a statement of its own (a later snapshot
+    // than the claim's, so a free item it finds may also be one freed since:
+    // either way, look again soon).
+    let row = db
+        .fetch_one(Repeat::Safe, &db.sql.pool_wait, |q| {
+            q.bind(&pool).bind(max_slot)
+        })
+        .await?;
     if !row.try_get::<bool, _>("pool_exists")? {
         return Err(Error::PoolNotFound { pool });
     }
     let any_held: bool = row.try_get("any_held")?;
-    let free_locked: bool = row.try_get("free_locked")?;
-    if !any_held && !free_locked {
+    let free_found: bool = row.try_get("free_found")?;
+    if !any_held && !free_found {
         return Err(Error::PoolDrained { pool });
     }
-    if free_locked {
-        // A concurrent claim holds a free item's row lock; it either
-        // takes it or rolls back. Look again shortly.
+    if free_found {
+        // A concurrent claim holds a free item's row lock (it either takes
+        // it or rolls back), or an item was freed since the claim's look.
+        // Look again shortly.
         return Ok(Look::Again(Duration::from_millis(10)));
     }
     let ms: Option<f64> = row.try_get("wait_ms")?;
     Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
         Duration::from_secs_f64(ms / 1000.0)
     })))
+}
+
+/// Raises `pool`'s free floor in a task of its own, unless a raise of this
+/// handle is already under way for it. Best effort: the floor only spares
+/// claims the walk over items claimed before, so an error is logged and
+/// the next claim far above the floor tries again.
+fn raise_floor(db: &Arc<Db>, pool: &str) {
+    /// Marks the raise ended however its task ends (done, failed, or
+    /// dropped with its runtime).
+    struct Raising(Arc<Db>, String);
+    impl Drop for Raising {
+        fn drop(&mut self) {
+            self.0.raising.lock().expect("not poisoned").remove(&self.1);
+        }
+    }
+    if !db
+        .raising
+        .lock()
+        .expect("not poisoned")
+        .insert(pool.to_owned())
+    {
+        return;
+    }
+    let raising = Raising(db.clone(), pool.to_owned());
+    tokio::spawn(async move {
+        let Raising(db, pool) = &raising;
+        let out = db
+            .fetch_optional(Repeat::Safe, &db.sql.pool_raise, |q| q.bind(pool))
+            .await;
+        if let Err(e) = out {
+            tracing::debug!(pool = %pool, error = %e, "could not raise the pool's free floor");
+        }
+    });
 }

@@ -20,7 +20,7 @@ use lease::{
     LEASE_RELEASE_REQUESTED, LEASE_RENEW, LEASE_REQUEST_RELEASE, LEASE_SET_DATA, SET_FENCE,
     WAIT_MARK, WAIT_UNMARK,
 };
-use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_STATUS};
+use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_RAISE, POOL_STATUS, POOL_WAIT, RETRIED};
 
 /// The NOTIFY channel of every pglock schema on a database. Payloads are
 /// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
@@ -74,6 +74,9 @@ pub struct Statements {
     pub lease_get: String,
     pub pool_add: String,
     pub pool_claim: String,
+    pub pool_claim_retry: String,
+    pub pool_wait: String,
+    pub pool_raise: String,
     pub pool_status: String,
     pub pool_items: String,
     pub rate_take: String,
@@ -105,7 +108,10 @@ impl Statements {
             lease_list: s(LEASE_LIST),
             lease_get: s(LEASE_GET),
             pool_add: s(POOL_ADD),
-            pool_claim: s(POOL_CLAIM),
+            pool_claim: s(&POOL_CLAIM.replace("{retried}", "")),
+            pool_claim_retry: s(&POOL_CLAIM.replace("{retried}", RETRIED)),
+            pool_wait: s(POOL_WAIT),
+            pool_raise: s(POOL_RAISE),
             pool_status: s(POOL_STATUS),
             pool_items: s(POOL_ITEMS),
             rate_take: s(RATE_TAKE),
@@ -178,6 +184,9 @@ mod tests {
             ("item complete", &st.item_complete),
             ("pool add", &st.pool_add),
             ("pool claim", &st.pool_claim),
+            ("pool claim retry", &st.pool_claim_retry),
+            ("pool wait", &st.pool_wait),
+            ("pool raise", &st.pool_raise),
             ("pool status", &st.pool_status),
             ("pool items", &st.pool_items),
             ("rate take", &st.rate_take),

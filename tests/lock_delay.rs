@@ -158,7 +158,7 @@ async fn an_expired_pool_item_is_delayed_a_released_one_is_not() {
             .unwrap()
             .is_none()
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(
+    let claimed = sqlx::query(sqlx::AssertSqlSafe(
         t.locks.__statements().pool_claim.clone(),
     ))
     .bind(&pool_name)
@@ -167,10 +167,18 @@ async fn an_expired_pool_item_is_delayed_a_released_one_is_not() {
     .bind(30_000i64)
     .bind(None::<i32>)
     .bind(None::<i64>)
+    .fetch_optional(&t.pool)
+    .await
+    .unwrap();
+    assert!(claimed.is_none());
+    let row = sqlx::query(sqlx::AssertSqlSafe(
+        t.locks.__statements().pool_wait.clone(),
+    ))
+    .bind(&pool_name)
+    .bind(None::<i32>)
     .fetch_one(&t.pool)
     .await
     .unwrap();
-    assert!(!row.get::<bool, _>("claimed"));
     let wait_ms: f64 = row.get("wait_ms");
     assert!(wait_ms > 50_000.0 && wait_ms <= 60_000.0, "{wait_ms}");
     let listed = t.locks.leases().await.unwrap();

@@ -461,48 +461,105 @@ async fn claims_use_index_paths_not_scans() {
     )
     .await;
     exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
-    let sql = t.locks.__statements().pool_claim.clone();
+    let st = t.locks.__statements();
     let mut conn = t.pool.acquire().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE claim AS {sql}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    for (label, sql) in [
+        ("claim", &st.pool_claim),
+        ("retry", &st.pool_claim_retry),
+        ("wait", &st.pool_wait),
+        ("raise", &st.pool_raise),
+    ] {
+        exec_on(&mut conn, format!("PREPARE {label} AS {sql}")).await;
+    }
+    let owner = uuid::Uuid::new_v4();
     for mode in ["force_custom_plan", "force_generic_plan"] {
         exec_on(&mut conn, format!("SET plan_cache_mode = {mode}")).await;
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (COSTS OFF) EXECUTE claim('{name}', '{}', 'w', 30000, NULL, NULL)",
-            uuid::Uuid::new_v4()
-        )))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-        let plan = plan.join("\n");
-        assert!(
-            !plan.contains("Seq Scan"),
-            "{mode}: the claim scans a table:\n{plan}"
-        );
-        // The two holder probes walk the holder's range of leases_sticky
-        // in a plain index scan: a bitmap scan never marks the dead index
-        // entries it passes, so it would read every item the holder
-        // completed since the last VACUUM, on every claim.
-        let probes = &plan[plan.find("CTE retried").unwrap()..plan.find("CTE free").unwrap()];
-        assert_eq!(
-            probes.matches("Index Scan using leases_sticky").count(),
-            2,
-            "{mode}: the holder probes are not plain scans of leases_sticky:\n{probes}"
-        );
-        assert!(
-            !probes.contains("Bitmap") && !probes.contains("Sort"),
-            "{mode}: a holder probe sorts or runs a bitmap scan:\n{probes}"
-        );
-        for index in ["leases_free", "leases_held", "leases_sticky"] {
+        let explain = async |conn: &mut sqlx::PgConnection, call: String| {
+            let plan: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (COSTS OFF) {call}")))
+                    .fetch_all(conn)
+                    .await
+                    .unwrap();
+            plan.join("\n")
+        };
+        let claim = explain(
+            &mut conn,
+            format!("EXECUTE claim('{name}', '{owner}', 'w', 30000, NULL, NULL)"),
+        )
+        .await;
+        let retry = explain(
+            &mut conn,
+            format!("EXECUTE retry('{name}', '{owner}', 'w', 30000, NULL, NULL)"),
+        )
+        .await;
+        let wait = explain(&mut conn, format!("EXECUTE wait('{name}', NULL)")).await;
+        let raise = explain(&mut conn, format!("EXECUTE raise('{name}')")).await;
+        for (label, plan) in [
+            ("claim", &claim),
+            ("retry", &retry),
+            ("wait", &wait),
+            ("raise", &raise),
+        ] {
             assert!(
-                plan.contains(index),
-                "{mode}: the claim does not use {index}:\n{plan}"
+                !plan.contains("Seq Scan on leases"),
+                "{mode}: the {label} statement scans the table:\n{plan}"
+            );
+            assert!(
+                !plan.contains("Bitmap") && !plan.contains("Sort"),
+                "{mode}: the {label} statement sorts or runs a bitmap scan:\n{plan}"
             );
         }
+        // The probes run in order under one LIMIT 1 (an Append stops at the
+        // first that yields a row), and the item is updated by its key.
+        for (plan, probes) in [
+            (&claim, &["sticky", "free", "expired"][..]),
+            (&retry, &["retried", "sticky", "free", "expired"][..]),
+        ] {
+            let order: Vec<usize> = probes
+                .iter()
+                .map(|p| {
+                    plan.find(&format!("Subquery Scan on {p}\n"))
+                        .unwrap_or_else(|| panic!("{mode}: no probe {p}:\n{plan}"))
+                })
+                .collect();
+            assert!(order.is_sorted(), "{mode}: probes out of order:\n{plan}");
+            let append = plan.find("->  Append").expect("an Append of the probes");
+            assert!(
+                plan[..append].contains("->  Limit"),
+                "{mode}: the probes are not under one LIMIT:\n{plan}"
+            );
+            assert!(
+                plan.contains("Index Scan using leases_pkey on leases l"),
+                "{mode}: the claimed row is not updated by its key:\n{plan}"
+            );
+            // The holder probes walk the holder's range of leases_sticky in
+            // a plain index scan: a bitmap scan never marks the dead index
+            // entries it passes, so it would read every item the holder
+            // completed since the last VACUUM, on every claim.
+            assert_eq!(
+                plan.matches("Index Scan using leases_sticky").count(),
+                probes.len() - 2,
+                "{mode}: the holder probes are not plain scans of leases_sticky:\n{plan}"
+            );
+            for index in ["leases_free", "leases_held"] {
+                assert!(
+                    plan.contains(&format!("Index Scan using {index}")),
+                    "{mode}: the claim does not use {index}:\n{plan}"
+                );
+            }
+        }
+        for index in ["leases_free", "leases_held"] {
+            assert!(
+                wait.contains(&format!("using {index}")),
+                "{mode}: the wait statement does not use {index}:\n{wait}"
+            );
+        }
+        assert!(
+            raise.contains("using leases_free"),
+            "{mode}: the raise does not walk leases_free:\n{raise}"
+        );
     }
-    exec_on(&mut conn, "DEALLOCATE claim".into()).await;
+    exec_on(&mut conn, "DEALLOCATE ALL".into()).await;
 }
 
 async fn exec_on(conn: &mut sqlx::PgConnection, sql: String) {
@@ -807,4 +864,153 @@ async fn bad_input_is_refused_before_any_sql() {
         ),
         "rate limiter name"
     );
+}
+
+/// The claim statement, sent raw: `Some((item, token, raise))`.
+async fn raw_claim(
+    c: &mut sqlx::PgConnection,
+    sql: &str,
+    pool: &str,
+    owner: uuid::Uuid,
+) -> Option<(String, i64, Option<bool>)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(pool)
+        .bind(owner)
+        .bind("w")
+        .bind(30_000i64)
+        .bind(None::<i32>)
+        .bind(None::<i64>)
+        .fetch_optional(c)
+        .await
+        .unwrap()
+        .map(
+            |(name, token, _, _, raise): (String, i64, Value, Option<Value>, _)| {
+                (name, token, raise)
+            },
+        )
+}
+
+type Value = Option<chrono::DateTime<chrono::Utc>>;
+
+#[tokio::test]
+async fn a_repeated_claim_takes_back_its_own_item_and_a_first_one_never_does() {
+    let t = db().await;
+    let name = pool_name();
+    t.locks
+        .lease_pool(&name)
+        .add(["a", "b", "c"])
+        .await
+        .unwrap();
+    let st = t.locks.__statements();
+    let mut c = t.pool.acquire().await.unwrap();
+    let owner = uuid::Uuid::new_v4();
+    let (first, token, _) = raw_claim(&mut c, &st.pool_claim, &name, owner)
+        .await
+        .unwrap();
+    // The answer was lost; the repeat, with the same owner, gets the same
+    // item under a new token, and nothing else.
+    let (again, newer, _) = raw_claim(&mut c, &st.pool_claim_retry, &name, owner)
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert!(newer > token, "{newer} after {token}");
+    let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".leases WHERE pool = $1 AND owner = $2",
+        t.schema
+    )))
+    .bind(&name)
+    .bind(owner)
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(held, 1, "the repeat took a second item");
+    // Which is why a first claim must not look for its owner: a fresh owner
+    // never holds anything, and the plain statement takes another item.
+    let (other, _, _) = raw_claim(&mut c, &st.pool_claim, &name, owner)
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+}
+
+#[tokio::test]
+async fn a_claim_far_above_the_floor_asks_for_a_raise_that_spares_in_flight_claims() {
+    let t = db().await;
+    let name = pool_name();
+    let pool = t.locks.lease_pool(&name);
+    pool.add((0..100).map(|i| format!("i{i:03}")))
+        .await
+        .unwrap();
+    let st = t.locks.__statements();
+    let floor = async || -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT free_floor - (SELECT min(seq) FROM \"{0}\".leases WHERE pool = $1)
+               FROM \"{0}\".pools WHERE name = $1",
+            t.schema
+        )))
+        .bind(&name)
+        .fetch_one(&t.pool)
+        .await
+        .unwrap()
+    };
+    // An in-flight claim holds the first item's row lock and may roll back.
+    let mut inflight = t.pool.begin().await.unwrap();
+    let (held, _, _) = raw_claim(&mut inflight, &st.pool_claim, &name, uuid::Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(held, "i000");
+    // 33 more claims: the first 32 lie within 32 of the floor, the 33rd
+    // asks for a raise.
+    let mut c = t.pool.acquire().await.unwrap();
+    let mut asks = Vec::new();
+    for _ in 0..33 {
+        let (_, _, raise) = raw_claim(&mut c, &st.pool_claim, &name, uuid::Uuid::new_v4())
+            .await
+            .unwrap();
+        asks.push(raise == Some(true));
+    }
+    assert_eq!(asks.iter().filter(|a| **a).count(), 1, "{asks:?}");
+    assert!(asks[32], "{asks:?}");
+    // The raise stops at the in-flight claim's item: it may come back.
+    let raised = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(st.pool_raise.clone()))
+        .bind(&name)
+        .fetch_optional(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(raised, None, "raised past an in-flight claim");
+    assert_eq!(floor().await, 0);
+    inflight.rollback().await.unwrap();
+    // It came back free, and a raise still may not pass it.
+    let raised = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(st.pool_raise.clone()))
+        .bind(&name)
+        .fetch_optional(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(raised, None);
+    // Claimed for good, the items below go behind the floor.
+    let (first, _, _) = raw_claim(&mut c, &st.pool_claim, &name, uuid::Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(first, "i000");
+    let raised = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(st.pool_raise.clone()))
+        .bind(&name)
+        .fetch_optional(&mut *c)
+        .await
+        .unwrap();
+    assert!(raised.is_some(), "no raise with 34 items claimed below");
+    assert_eq!(floor().await, 34, "the floor is the lowest free item");
+    // Through the crate, the raise is sent in the background: the 34th
+    // claim from here lies 33 above the floor and moves it past itself.
+    let mut items = Vec::new();
+    for _ in 0..34 {
+        items.push(pool.claim().try_acquire().await.unwrap().unwrap());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while floor().await != 68 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "floor {} ",
+            floor().await
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -262,12 +262,14 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     let sql = locks.__statements();
     let c = conns(ctx, tasks).await;
     let (claim_sql, complete_sql) = (sql.pool_claim.clone(), sql.item_complete.clone());
+    let raise_sql = sql.pool_raise.clone();
     let name = pool_name.clone();
     let raw = move |t: usize, _| {
-        let (c, claim_sql, complete_sql, pool) = (
+        let (c, claim_sql, complete_sql, raise_sql, pool) = (
             c.clone(),
             claim_sql.clone(),
             complete_sql.clone(),
+            raise_sql.clone(),
             name.clone(),
         );
         async move {
@@ -280,10 +282,14 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .bind(60_000i64)
                 .bind(None::<i32>)
                 .bind(None::<i64>) // no lock-delay
-                .fetch_one(&mut *c)
+                .fetch_optional(&mut *c)
                 .await
-                .unwrap();
-            assert!(row.get::<bool, _>("claimed"), "pool {pool} drained");
+                .unwrap()
+                .unwrap_or_else(|| panic!("pool {pool} drained"));
+            if row.get::<Option<bool>, _>("raise") == Some(true) {
+                // pglock sends it in the background; the floor, inline.
+                q(&raise_sql).bind(&pool).execute(&mut *c).await.unwrap();
+            }
             let item: String = row.get("name");
             let token: i64 = row.get("token");
             q(&complete_sql)
@@ -337,12 +343,14 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     let sql = locks.__statements();
     let c = conns(ctx, tasks).await;
     let (claim_sql, release_sql) = (sql.pool_claim.clone(), sql.item_release.clone());
+    let raise_sql = sql.pool_raise.clone();
     let schema = locks.schema().to_owned();
     let raw = move |t: usize, _| {
-        let (c, claim_sql, release_sql, sem, schema) = (
+        let (c, claim_sql, release_sql, raise_sql, sem, schema) = (
             c.clone(),
             claim_sql.clone(),
             release_sql.clone(),
+            raise_sql.clone(),
             raw_name.clone(),
             schema.clone(),
         );
@@ -356,10 +364,13 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
                 .bind(30_000i64)
                 .bind(Some(permits as i32))
                 .bind(None::<i64>) // no lock-delay
-                .fetch_one(&mut *c)
+                .fetch_optional(&mut *c)
                 .await
-                .unwrap();
-            assert!(row.get::<bool, _>("claimed"), "no permit of {sem}");
+                .unwrap()
+                .unwrap_or_else(|| panic!("no permit of {sem}"));
+            if row.get::<Option<bool>, _>("raise") == Some(true) {
+                q(&raise_sql).bind(&sem).execute(&mut *c).await.unwrap();
+            }
             let item: String = row.get("name");
             let token: i64 = row.get("token");
             q(&release_sql)

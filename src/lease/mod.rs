@@ -54,6 +54,7 @@ use sqlx::postgres::PgRow;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::db::Repeat;
 use crate::error::{Error, Result};
 use crate::key::{validate_data, validate_name};
 use crate::locks::Locks;
@@ -355,6 +356,7 @@ impl LeaseRequest {
         let row = db
             .take(
                 |s| &s.lease_acquire,
+                Repeat::Safe,
                 move |q| {
                     q.bind(&name)
                         .bind(owner)

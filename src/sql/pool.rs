@@ -27,10 +27,14 @@ WITH ins AS (
 )
 SELECT count(*) FROM ins";
 
-/// Claim any item of a pool in one statement, in this order:
-/// 1. `retried`: an item this very owner id already holds (a retry of a
-///    statement whose answer was lost with its connection: the item is
-///    claimed again with a new token);
+/// Claim any item of a pool in one statement: a single UPDATE whose FROM
+/// list is an `Append` of probes under `LIMIT 1`, so the server runs them
+/// in order and stops at the first that yields an item (the probes after it
+/// are never started):
+/// 1. `retried`, only in [`POOL_CLAIM_RETRY`]: an item this very owner id
+///    already holds (the statement is being repeated because its answer
+///    was lost with its connection: the item is claimed again with a new
+///    token);
 /// 2. `sticky`: a released or expired item last held by this holder label
 ///    (a restarted worker resumes its own shard);
 /// 3. `free`: the oldest free item, scanning from the pool's free_floor, so
@@ -50,113 +54,118 @@ SELECT count(*) FROM ins";
 /// entries it passes, and later scans skip them without reading the heap;
 /// a bitmap scan marks nothing. (One probe sorted by `owner = $2`, planned
 /// as a bitmap scan, read every dead row of the range on every claim: 3 ms
-/// and 1,100 pages after 7,600 claims by one holder. Claim+complete at 8
-/// clients went from 0.35-0.58x to 0.86-1.08x of a plain `SKIP LOCKED`
-/// claim; `tests/pools.rs` checks the plans.)
+/// and 1,100 pages after 7,600 claims by one holder. `tests/pools.rs`
+/// checks the plans.)
 ///
 /// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
 /// `$5`, when not NULL, limits semaphore claims to permits below it.
 /// `pool <> ''` repeats the indexes' predicate so that generic plans of the
 /// prepared statement can use them.
 ///
-/// `lowest` is the lowest free seq visible (locked ones included, so an
-/// in-flight claim that may roll back is never skipped); `raise` moves the
-/// floor up to it when the claimed item lies far above it (so `lowest` is
-/// only read then), only if no add or release
-/// changed the pool since this statement's snapshot (`version`, checked
-/// again on the row's latest version when it is locked). It never waits:
-/// a pools row that a concurrent claim is raising (or an add or release is
-/// lowering) is skipped, since raising the floor is only a shortcut. (A
-/// waiting raise stalled every claimer that reached the same floor for a
-/// commit: claim+complete at 8 workers ran 16% faster without the wait.)
-/// Its first condition names no column, so the server makes it a one-time
-/// filter and skips both looks at the pools row unless the claimed item
-/// lies more than 32 above the floor of this statement's snapshot, which
-/// any raise needs (a raise by another claim only lifts the floor, and an
-/// add or release changes `version`). Claims mostly take an item near the
-/// floor, and the two unneeded pools scans cost a claim+complete about
-/// 35 us of server time at one client.
-///
-/// When nothing is claimable, the last branch tells how long until the
-/// first held item expires (or its lock-delay ends), whether anything is held at all, whether a
-/// free item exists that a concurrent claim had locked (nothing free and
-/// nothing held: the pool is drained), and whether the pool exists at all
-/// (no pools row: no item was ever added, so the name is likely a typo).
+/// Why this shape: an earlier claim was one statement of CTEs (the probes,
+/// the UPDATE, the floor raise and the nothing-claimed answer). The CTEs
+/// and the branches that only run when nothing is claimed cost a claim
+/// about 40% more server CPU than a plain `FOR UPDATE SKIP LOCKED` claim
+/// at 8 clients (pgbench, 1M items, fsync=on: 0.70x the plain claim's
+/// throughput; this shape 0.9-0.97x). So the two rare parts are statements
+/// of their own: [`POOL_WAIT`] when nothing was claimed, and
+/// [`POOL_RAISE`], sent in the background when `raise` says the claimed
+/// item lies more than 32 above the floor (the floor is only a shortcut,
+/// so a late raise costs a few scanned entries, never an item).
 pub(super) const POOL_CLAIM: &str = "\
+UPDATE {s}.leases AS l
+   SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
+       acquired_at = clock_timestamp(), delay_ms = $6,
+       expires_at = clock_timestamp() + {s}.ttl($4),
+       release_requested = false, updated_at = clock_timestamp()
+  FROM ({retried}SELECT * FROM (
+        SELECT name, NULL::int8 AS seq FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
+           AND (owner IS NULL
+                OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) sticky
+        UNION ALL
+        SELECT * FROM (
+        SELECT name, seq FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done
+           AND seq >= (SELECT free_floor FROM {s}.pools WHERE name = $1)
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) free
+        UNION ALL
+        SELECT * FROM (
+        SELECT name, NULL::int8 FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
+           AND expires_at <= clock_timestamp()
+           AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp()
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED) expired
+        LIMIT 1) pick
+ WHERE l.pool = $1 AND l.name = pick.name
+RETURNING l.name, l.token, l.expires_at, l.data,
+          pick.seq > (SELECT free_floor FROM {s}.pools WHERE name = $1) + 32 AS raise";
+
+/// The first probe of [`POOL_CLAIM_RETRY`], in place of `{retried}`.
+pub(super) const RETRIED: &str = "\
+SELECT * FROM (
+        SELECT name, NULL::int8 AS seq FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
+           AND coalesce(owner = $2, false)
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) retried
+        UNION ALL
+        ";
+
+/// Why a claim took nothing, when [`POOL_CLAIM`] returned no row: how long
+/// until the first held item expires (or its lock-delay ends), whether
+/// anything is held at all, whether a free item exists (one that a
+/// concurrent claim had locked, or one freed since; look again soon;
+/// nothing free and nothing held: the pool is drained), and whether the
+/// pool exists at all (no pools row: no item was ever added, so the name is
+/// likely a typo). The free probe is ordered by `seq` so that it can only
+/// walk `leases_free` from the floor: as an `EXISTS`, it is planned as a
+/// sequential scan of the table, which reads every done item of a pool
+/// that is nearly done.
+pub(super) const POOL_WAIT: &str = "\
+SELECT (SELECT greatest(0, extract(epoch FROM min(expires_at + coalesce(delay_ms, 0) * interval '1 ms') - clock_timestamp()) * 1000)::float8
+          FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
+           AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' > clock_timestamp()
+           AND ($2::int4 IS NULL OR slot < $2)) AS wait_ms,
+       EXISTS (SELECT 1 FROM {s}.leases
+                WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done) AS any_held,
+       (SELECT seq FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done
+           AND seq >= (SELECT free_floor FROM {s}.pools WHERE name = $1)
+           AND ($2::int4 IS NULL OR slot < $2)
+         ORDER BY seq LIMIT 1) IS NOT NULL AS free_found,
+       EXISTS (SELECT 1 FROM {s}.pools WHERE name = $1) AS pool_exists";
+
+/// Raise a pool's free_floor to its lowest free seq, sent in the background
+/// after a claim whose item lay more than 32 above the floor. The lowest
+/// free seq counts locked rows too, so an in-flight claim that may roll
+/// back is never skipped. The floor and the lowest seq are read in this
+/// statement's snapshot, and the pools row is written only if no add or
+/// release changed it since (`version`, checked again on the row's latest
+/// version when it is locked). It never waits: a pools row that another
+/// raise, add or release has locked is skipped, since raising the floor is
+/// only a shortcut. (A waiting raise stalled every claimer that reached the
+/// same floor for a commit.)
+pub(super) const POOL_RAISE: &str = "\
 WITH p AS (
     SELECT free_floor, version FROM {s}.pools WHERE name = $1
-), retried AS (
-    SELECT name FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
-       AND coalesce(owner = $2, false)
-       AND ($5::int4 IS NULL OR slot < $5)
-     ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED
-), sticky AS (
-    SELECT name FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
-       AND (owner IS NULL
-            OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
-       AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM retried)
-     ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED
-), free AS (
-    SELECT name, seq FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
-       AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM retried) AND NOT EXISTS (SELECT 1 FROM sticky)
-     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
-), expired AS (
-    SELECT name FROM {s}.leases
-     WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done AND expires_at <= clock_timestamp()
-       AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp()
-       AND ($5::int4 IS NULL OR slot < $5)
-       AND NOT EXISTS (SELECT 1 FROM retried) AND NOT EXISTS (SELECT 1 FROM sticky)
-       AND NOT EXISTS (SELECT 1 FROM free)
-     ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED
-), pick AS (
-    SELECT name FROM retried UNION ALL SELECT name FROM sticky
-    UNION ALL SELECT name FROM free UNION ALL SELECT name FROM expired
-     LIMIT 1
-), claimed AS (
-    UPDATE {s}.leases AS l
-       SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
-           acquired_at = clock_timestamp(), delay_ms = $6,
-           expires_at = clock_timestamp() + {s}.ttl($4),
-           release_requested = false, updated_at = clock_timestamp()
-      FROM pick
-     WHERE l.pool = $1 AND l.name = pick.name
-    RETURNING l.name, l.token, l.expires_at, l.data
 ), lowest AS (
     SELECT seq FROM {s}.leases
      WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
      ORDER BY seq LIMIT 1
-), raise AS (
-    UPDATE {s}.pools
-       SET free_floor = (SELECT seq FROM lowest)
-     WHERE (SELECT seq FROM free) > (SELECT free_floor FROM p) + 32
-       AND name = (SELECT name FROM {s}.pools
-                    WHERE name = $1 AND version = (SELECT version FROM p)
-                      AND (SELECT seq FROM free) > free_floor + 32
-                      AND (SELECT seq FROM lowest) > free_floor + 32
-                      FOR UPDATE SKIP LOCKED)
 )
-SELECT true AS claimed, name, token, expires_at, data, NULL::float8 AS wait_ms,
-       true AS any_held, false AS free_locked, true AS pool_exists
-  FROM claimed
-UNION ALL
-SELECT false, NULL, NULL, NULL, NULL,
-       (SELECT greatest(0, extract(epoch FROM min(expires_at + coalesce(delay_ms, 0) * interval '1 ms') - clock_timestamp()) * 1000)::float8
-          FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
-           AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' > clock_timestamp()
-           AND ($5::int4 IS NULL OR slot < $5)),
-       EXISTS (SELECT 1 FROM {s}.leases WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done),
-       (SELECT seq FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done AND seq >= (SELECT free_floor FROM p)
-           AND ($5::int4 IS NULL OR slot < $5)
-         ORDER BY seq LIMIT 1) IS NOT NULL,
-       EXISTS (SELECT 1 FROM p)
- WHERE NOT EXISTS (SELECT 1 FROM claimed)";
+UPDATE {s}.pools
+   SET free_floor = (SELECT seq FROM lowest)
+ WHERE name = (SELECT name FROM {s}.pools
+                WHERE name = $1 AND version = (SELECT version FROM p)
+                  AND (SELECT seq FROM lowest) > free_floor + 32
+                  FOR UPDATE SKIP LOCKED)
+RETURNING free_floor";
 
 /// Counts of a pool, in one scan of its rows, and whether the pool exists
 /// (a pools row: some item was once added). An expired item whose
