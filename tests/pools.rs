@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pglock::{Error, Locks};
 use serde_json::json;
+use sqlx::Row;
 use support::{TestDb, db};
 
 fn pool_name() -> String {
@@ -523,10 +524,23 @@ async fn claims_use_index_paths_not_scans() {
                 })
                 .collect();
             assert!(order.is_sorted(), "{mode}: probes out of order:\n{plan}");
+            // `pick` runs once, as a CTE, whatever join the UPDATE gets:
+            // as a subquery that the join re-runs per row of the pool, one
+            // claim took several items.
+            assert!(
+                plan.contains("CTE pick"),
+                "{mode}: the probes are not one materialized pick:\n{plan}"
+            );
             let append = plan.find("->  Append").expect("an Append of the probes");
             assert!(
                 plan[..append].contains("->  Limit"),
                 "{mode}: the probes are not under one LIMIT:\n{plan}"
+            );
+            // The floor is read once, for the free scan and for `raise`.
+            assert_eq!(
+                plan.matches(" on pools").count(),
+                1,
+                "{mode}: the claim reads the pools row more than once:\n{plan}"
             );
             assert!(
                 plan.contains("Index Scan using leases_pkey on leases l"),
@@ -1013,4 +1027,64 @@ async fn a_claim_far_above_the_floor_asks_for_a_raise_that_spares_in_flight_clai
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn a_claim_takes_one_item_however_hot_a_small_pool_is() {
+    // 8 connections claim and release the permits of a semaphore of 64 as
+    // fast as they can, with the statements the crate sends: every claim
+    // takes exactly one permit, and when all are released none is held.
+    let t = db().await;
+    let name = format!("sem-{}", uuid::Uuid::new_v4());
+    let permit = t.locks.semaphore(&name, 64).try_acquire().await.unwrap();
+    permit.expect("a free permit").release().await.unwrap();
+    // Beside a big pool, and with statistics, the small pool gets the plans
+    // that scan its rows and join them with the probes' pick.
+    t.locks
+        .lease_pool(pool_name())
+        .add((0..20_000).map(|i| format!("i{i}")))
+        .await
+        .unwrap();
+    exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
+    let st = t.locks.__statements();
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (pool, name) = (t.pool.clone(), name.clone());
+        let (claim, release) = (st.pool_claim.clone(), st.item_release.clone());
+        let topic = format!("{}:{name}", t.schema);
+        workers.push(tokio::spawn(async move {
+            let mut c = pool.acquire().await.unwrap();
+            for _ in 0..250 {
+                let owner = uuid::Uuid::new_v4();
+                let rows: Vec<sqlx::postgres::PgRow> =
+                    sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
+                        .bind(&name)
+                        .bind(owner)
+                        .bind(format!("w{w}"))
+                        .bind(30_000i64)
+                        .bind(Some(64i32))
+                        .bind(None::<i64>)
+                        .fetch_all(&mut *c)
+                        .await
+                        .unwrap();
+                assert_eq!(rows.len(), 1, "one claim took {} permits", rows.len());
+                let (item, token): (String, i64) = (rows[0].get("name"), rows[0].get("token"));
+                sqlx::query(sqlx::AssertSqlSafe(release.clone()))
+                    .bind(&name)
+                    .bind(&item)
+                    .bind(token)
+                    .bind(owner)
+                    .bind(&topic)
+                    .execute(&mut *c)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    // A semaphore's permits are the items of a pool of the same name.
+    let status = t.locks.lease_pool(&name).status().await.unwrap();
+    assert_eq!((status.held, status.free), (0, 64), "{status:?}");
 }

@@ -27,18 +27,20 @@ WITH ins AS (
 )
 SELECT count(*) FROM ins";
 
-/// Claim any item of a pool in one statement: a single UPDATE whose FROM
-/// list is an `Append` of probes under `LIMIT 1`, so the server runs them
-/// in order and stops at the first that yields an item (the probes after it
-/// are never started):
-/// 1. `retried`, only in [`POOL_CLAIM_RETRY`]: an item this very owner id
+/// Claim any item of a pool in one statement: an UPDATE of the item that
+/// `pick` chose, where `pick` is an `Append` of probes under `LIMIT 1`, so
+/// the server runs them in order and stops at the first that yields an
+/// item (the probes after it are never started):
+/// 1. `retried`, only in the repeat form (`RETRIED` in front): an item this very owner id
 ///    already holds (the statement is being repeated because its answer
 ///    was lost with its connection: the item is claimed again with a new
 ///    token);
 /// 2. `sticky`: a released or expired item last held by this holder label
 ///    (a restarted worker resumes its own shard);
 /// 3. `free`: the oldest free item, scanning from the pool's free_floor, so
-///    the index entries of items claimed before are never walked;
+///    the index entries of items claimed before are never walked (a
+///    LATERAL join on the pools row, so that the floor is read once, for
+///    the scan and for `raise`);
 /// 4. `expired`: the item whose lease expired first, once its lock-delay
 ///    (`delay_ms`, written from `$6` by the claim that took it) has passed.
 ///    A released item has no expiry and is never delayed.
@@ -57,6 +59,13 @@ SELECT count(*) FROM ins";
 /// and 1,100 pages after 7,600 claims by one holder. `tests/pools.rs`
 /// checks the plans.)
 ///
+/// `pick` is `MATERIALIZED`: run once, whatever plan the UPDATE gets. As a
+/// subquery in the UPDATE's FROM list, a plan that scans the pool's rows
+/// first and runs the probes once per row (chosen for a small pool) let
+/// one claim take several items: with 64 semaphore permits and 8 clients,
+/// up to 26 per claim, each after the previous one was locked by this very
+/// statement. `tests/pools.rs` runs that load.
+///
 /// `SKIP LOCKED` everywhere: concurrent claimers never wait for each other.
 /// `$5`, when not NULL, limits semaphore claims to permits below it.
 /// `pool <> ''` repeats the indexes' predicate so that generic plans of the
@@ -73,13 +82,9 @@ SELECT count(*) FROM ins";
 /// item lies more than 32 above the floor (the floor is only a shortcut,
 /// so a late raise costs a few scanned entries, never an item).
 pub(super) const POOL_CLAIM: &str = "\
-UPDATE {s}.leases AS l
-   SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
-       acquired_at = clock_timestamp(), delay_ms = $6,
-       expires_at = clock_timestamp() + {s}.ttl($4),
-       release_requested = false, updated_at = clock_timestamp()
-  FROM ({retried}SELECT * FROM (
-        SELECT name, NULL::int8 AS seq FROM {s}.leases
+WITH pick AS MATERIALIZED (
+        {retried}SELECT * FROM (
+        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
            AND (owner IS NULL
                 OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
@@ -87,28 +92,38 @@ UPDATE {s}.leases AS l
          ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) sticky
         UNION ALL
         SELECT * FROM (
+        SELECT free.name, free.seq, p.free_floor FROM {s}.pools p CROSS JOIN LATERAL (
         SELECT name, seq FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done
-           AND seq >= (SELECT free_floor FROM {s}.pools WHERE name = $1)
+           AND seq >= p.free_floor
            AND ($5::int4 IS NULL OR slot < $5)
          ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) free
+         WHERE p.name = $1) f
         UNION ALL
         SELECT * FROM (
-        SELECT name, NULL::int8 FROM {s}.leases
+        SELECT name, NULL::int8, NULL::int8 FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
            AND expires_at <= clock_timestamp()
            AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp()
            AND ($5::int4 IS NULL OR slot < $5)
          ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED) expired
-        LIMIT 1) pick
+        LIMIT 1
+)
+UPDATE {s}.leases AS l
+   SET token = nextval('{s}.fencing_tokens'), owner = $2, holder = $3,
+       acquired_at = clock_timestamp(), delay_ms = $6,
+       expires_at = clock_timestamp() + {s}.ttl($4),
+       release_requested = false, updated_at = clock_timestamp()
+  FROM pick
  WHERE l.pool = $1 AND l.name = pick.name
 RETURNING l.name, l.token, l.expires_at, l.data,
-          pick.seq > (SELECT free_floor FROM {s}.pools WHERE name = $1) + 32 AS raise";
+          pick.seq > pick.floor + 32 AS raise";
 
-/// The first probe of [`POOL_CLAIM_RETRY`], in place of `{retried}`.
+/// The first probe of the repeat form of [`POOL_CLAIM`], in place of
+/// `{retried}`: a repeated claim takes back an item its owner already holds.
 pub(super) const RETRIED: &str = "\
 SELECT * FROM (
-        SELECT name, NULL::int8 AS seq FROM {s}.leases
+        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
            AND coalesce(owner = $2, false)
            AND ($5::int4 IS NULL OR slot < $5)
