@@ -151,3 +151,32 @@ async fn dropped_lease_is_released_and_orphaned_lease_is_not() {
     b.orphan();
     assert!(refused(&t.locks, &n).await);
 }
+
+#[tokio::test]
+async fn a_shorter_lease_taken_later_is_renewed_in_time() {
+    // The renewal task sleeps until the first lease is due. A lease taken
+    // later with a shorter TTL is due before that, and must wake it; one
+    // due later (the usual case) need not.
+    let t = db().await;
+    let long = held_for(&t.locks, &name(), Duration::from_secs(30))
+        .await
+        .keep_alive();
+    let later = held_for(&t.locks, &name(), Duration::from_secs(30))
+        .await
+        .keep_alive();
+    // Let the task settle into its sleep (until the first 30 s lease is due).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ttl = Duration::from_secs(1);
+    let n = name();
+    let short = held_for(&t.locks, &n, ttl).await.keep_alive();
+    let other = t.other("b");
+    let end = tokio::time::Instant::now() + ttl * 4;
+    while tokio::time::Instant::now() < end {
+        assert!(refused(&other, &n).await, "the short lease was not renewed");
+        assert!(short.remaining() > Duration::ZERO);
+        tokio::time::sleep(ttl / 4).await;
+    }
+    for l in [short, long, later] {
+        l.release().await.unwrap();
+    }
+}

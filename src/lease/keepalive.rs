@@ -48,6 +48,9 @@ struct Registry {
 struct RegistryState {
     by_token: HashMap<i64, Weak<Shared>>,
     running: bool,
+    /// When the task, asleep, wakes next on its own (`None` while it works):
+    /// a lease due no earlier needs no wake-up call.
+    wakes_at: Option<Instant>,
 }
 
 impl KeepAlive {
@@ -57,10 +60,17 @@ impl KeepAlive {
         state.by_token.insert(lease.id.token, Arc::downgrade(lease));
         if !state.running {
             state.running = true;
+            state.wakes_at = None;
             tokio::spawn(run(self.registry.clone(), db.clone()));
         }
+        // Most leases are due after the one the task sleeps for (the same
+        // TTL, taken later): waking it would only have it look and sleep
+        // again, a cross-thread wake-up on every acquire.
+        let sooner = state.wakes_at.is_none_or(|at| lease.next_renewal() < at);
         drop(state);
-        self.registry.changed.notify_one();
+        if sooner {
+            self.registry.changed.notify_one();
+        }
     }
 
     /// Stops renewing the lease with `token`.
@@ -107,6 +117,7 @@ async fn run(registry: Arc<Registry>, db: Arc<Db>) {
             } else {
                 Vec::new()
             };
+            state.wakes_at = due.is_empty().then_some(next);
             (due, next)
         };
         if due.is_empty() {
