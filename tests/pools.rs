@@ -887,7 +887,7 @@ async fn raw_claim(
     pool: &str,
     owner: uuid::Uuid,
 ) -> Option<(String, i64, Option<bool>)> {
-    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
         .bind(pool)
         .bind(owner)
         .bind("w")
@@ -896,15 +896,9 @@ async fn raw_claim(
         .bind(None::<i64>)
         .fetch_optional(c)
         .await
-        .unwrap()
-        .map(
-            |(name, token, _, _, raise): (String, i64, Value, Option<Value>, _)| {
-                (name, token, raise)
-            },
-        )
+        .unwrap()?;
+    Some((row.get("name"), row.get("token"), row.get("raise")))
 }
-
-type Value = Option<chrono::DateTime<chrono::Utc>>;
 
 #[tokio::test]
 async fn a_repeated_claim_takes_back_its_own_item_and_a_first_one_never_does() {
