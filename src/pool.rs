@@ -46,7 +46,6 @@
 //! could not end. [`Claim::try_acquire`] returns `Ok(None)` then, as on
 //! contention; [`LeasePool::status`] tells the two apart.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{FromRow, Row};
@@ -60,6 +59,8 @@ use crate::lease::state::{Scope, Shared};
 use crate::lease::{PoolLease, Terms, terms_setters};
 use crate::locks::Locks;
 use crate::wait::{self, Look, payload};
+
+mod floor;
 
 /// A named set of items to claim; see [`Locks::lease_pool`].
 #[derive(Debug, Clone)]
@@ -386,7 +387,7 @@ async fn claim_look(
         .await?;
     if let Some(row) = row {
         if row.try_get::<Option<bool>, _>("raise")? == Some(true) {
-            raise_floor(db, &pool);
+            floor::raise(db, &pool);
         }
         let name = row.try_get("name")?;
         let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
@@ -418,37 +419,4 @@ async fn claim_look(
     Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
         Duration::from_secs_f64(ms / 1000.0)
     })))
-}
-
-/// Raises `pool`'s free floor in a task of its own, unless a raise of this
-/// handle is already under way for it. Best effort: the floor only spares
-/// claims the walk over items claimed before, so an error is logged and
-/// the next claim far above the floor tries again.
-fn raise_floor(db: &Arc<Db>, pool: &str) {
-    /// Marks the raise ended however its task ends (done, failed, or
-    /// dropped with its runtime).
-    struct Raising(Arc<Db>, String);
-    impl Drop for Raising {
-        fn drop(&mut self) {
-            self.0.raising.lock().expect("not poisoned").remove(&self.1);
-        }
-    }
-    if !db
-        .raising
-        .lock()
-        .expect("not poisoned")
-        .insert(pool.to_owned())
-    {
-        return;
-    }
-    let raising = Raising(db.clone(), pool.to_owned());
-    tokio::spawn(async move {
-        let Raising(db, pool) = &raising;
-        let out = db
-            .fetch_optional(Repeat::Safe, &db.sql.pool_raise, |q| q.bind(pool))
-            .await;
-        if let Err(e) = out {
-            tracing::debug!(pool = %pool, error = %e, "could not raise the pool's free floor");
-        }
-    });
 }
