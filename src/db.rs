@@ -210,11 +210,10 @@ impl Db {
     /// Runs the statement `take` picks from the statements, a statement
     /// that may take something for this caller (an acquire or a claim), to
     /// its end in a task of its own (repeated as `repeat` says), and
-    /// returns its row. If the caller goes
-    /// away first (cancelled, timed out), or the statement fails so that its
-    /// outcome is unknown, the statement `undo` picks runs in that task
-    /// *after* it: ordered after the statement it undoes, it always finds
-    /// what that statement took.
+    /// returns its row. If the caller goes away first (cancelled, timed
+    /// out), or the statement fails so that its outcome is unknown, the
+    /// statement `undo` picks runs in that task *after* it: ordered after
+    /// the statement it undoes, it always finds what that statement took.
     pub(crate) async fn take<B, U>(
         self: &Arc<Self>,
         take: fn(&Statements) -> &String,

@@ -1045,7 +1045,9 @@ async fn a_claim_takes_one_item_however_hot_a_small_pool_is() {
     for w in 0..8 {
         let (pool, name) = (t.pool.clone(), name.clone());
         let (claim, release) = (st.pool_claim.clone(), st.item_release.clone());
-        let topic = format!("{}:{name}", t.schema);
+        // The wake payload of a pool's waiters (PROTOCOL.md): the schema,
+        // then the pool's topic, its name after a 0x1f.
+        let topic = format!("{}:\u{1f}{name}", t.schema);
         workers.push(tokio::spawn(async move {
             let mut c = pool.acquire().await.unwrap();
             for _ in 0..250 {
