@@ -20,6 +20,9 @@ use crate::wait::hub::Hub;
 /// A statement with its parameters bound.
 pub(crate) type Q = Query<'static, Postgres, PgArguments>;
 
+/// Picks one statement of [`Statements`].
+pub(crate) type Pick = fn(&Statements) -> &String;
+
 /// May a statement run again on a fresh connection when the reused one
 /// turned out dead? Its first run may have committed before the connection
 /// died.
@@ -31,7 +34,7 @@ pub(crate) enum Repeat {
     /// one that also recognises its own owner id, where the first run
     /// need not (a claim's probe for an item it already holds runs only
     /// when repeated).
-    As(fn(&Statements) -> &String),
+    As(Pick),
     /// Never repeat.
     Never,
 }
@@ -216,10 +219,10 @@ impl Db {
     /// the statement it undoes, it always finds what that statement took.
     pub(crate) async fn take<B, U>(
         self: &Arc<Self>,
-        take: fn(&Statements) -> &String,
+        take: Pick,
         repeat: Repeat,
         bind: B,
-        undo: fn(&Statements) -> &String,
+        undo: Pick,
         undo_bind: U,
     ) -> Result<Option<PgRow>>
     where

@@ -30,7 +30,8 @@
 //! wait for each other) that takes, in this order: an item released by, or
 //! expired under, the same holder label (*sticky resume*: a restarted worker
 //! gets its own shard back, with the progress it left in the lease data);
-//! the oldest free item; the item whose lease expired first.
+//! the oldest free item; the item whose lease expired first. (A
+//! semaphore's claim skips the first: its permits are all alike.)
 //!
 //! # Speed with a million items
 //!
@@ -52,7 +53,7 @@ use sqlx::{FromRow, Row};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::db::{Db, Repeat};
+use crate::db::{Db, Pick, Repeat};
 use crate::error::{Error, Result};
 use crate::key::validate_name;
 use crate::lease::state::{Scope, Shared};
@@ -369,10 +370,15 @@ async fn claim_look(
     let (up, uh) = (pool.clone(), holder.clone());
     let wake = payload(&db.schema, &scope.free_topic(""));
     let sent = Instant::now();
+    // A semaphore's claim has no sticky probe: its permits are all alike.
+    let (claim, again): (Pick, Pick) = match scope {
+        Scope::Permit { .. } => (|s| &s.permit_claim, |s| &s.permit_claim_retry),
+        _ => (|s| &s.pool_claim, |s| &s.pool_claim_retry),
+    };
     let row = db
         .take(
-            |s| &s.pool_claim,
-            Repeat::As(|s| &s.pool_claim_retry),
+            claim,
+            Repeat::As(again),
             move |q| {
                 q.bind(&p)
                     .bind(owner)

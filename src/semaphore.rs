@@ -4,7 +4,9 @@
 //! acquiring one is a claim, so a [`Permit`] expires if its holder dies, can
 //! be kept alive and fenced like any lease, and is woken by NOTIFY when
 //! another permit is released. A permit can only be released: it is never
-//! completed (that would shrink the semaphore for good).
+//! completed (that would shrink the semaphore for good). Its claim has no
+//! sticky resume: the permits are all alike, so a holder gets whichever is
+//! free first.
 
 use crate::error::Result;
 use crate::key::{validate_count, validate_name};

@@ -20,7 +20,7 @@ use lease::{
     LEASE_RELEASE_REQUESTED, LEASE_RENEW, LEASE_REQUEST_RELEASE, LEASE_SET_DATA, SET_FENCE,
     WAIT_MARK, WAIT_UNMARK,
 };
-use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_RAISE, POOL_STATUS, POOL_WAIT, RETRIED};
+use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_RAISE, POOL_STATUS, POOL_WAIT, RETRIED, STICKY};
 
 /// The NOTIFY channel of every pglock schema on a database. Payloads are
 /// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
@@ -75,6 +75,8 @@ pub struct Statements {
     pub pool_add: String,
     pub pool_claim: String,
     pub pool_claim_retry: String,
+    pub permit_claim: String,
+    pub permit_claim_retry: String,
     pub pool_wait: String,
     pub pool_raise: String,
     pub pool_status: String,
@@ -89,6 +91,11 @@ pub struct Statements {
 impl Statements {
     pub(crate) fn new(quoted_schema: &str) -> Self {
         let s = |template: &str| template.replace("{s}", quoted_schema);
+        let claim = |retried: &str, sticky: &str| {
+            POOL_CLAIM
+                .replace("{retried}", retried)
+                .replace("{sticky}", sticky)
+        };
         Statements {
             lease_acquire: s(LEASE_ACQUIRE),
             lease_renew: s(LEASE_RENEW),
@@ -108,8 +115,10 @@ impl Statements {
             lease_list: s(LEASE_LIST),
             lease_get: s(LEASE_GET),
             pool_add: s(POOL_ADD),
-            pool_claim: s(&POOL_CLAIM.replace("{retried}", "")),
-            pool_claim_retry: s(&POOL_CLAIM.replace("{retried}", RETRIED)),
+            pool_claim: s(&claim("", STICKY)),
+            pool_claim_retry: s(&claim(RETRIED, STICKY)),
+            permit_claim: s(&claim("", "")),
+            permit_claim_retry: s(&claim(RETRIED, "")),
             pool_wait: s(POOL_WAIT),
             pool_raise: s(POOL_RAISE),
             pool_status: s(POOL_STATUS),
@@ -185,6 +194,8 @@ mod tests {
             ("pool add", &st.pool_add),
             ("pool claim", &st.pool_claim),
             ("pool claim retry", &st.pool_claim_retry),
+            ("permit claim", &st.permit_claim),
+            ("permit claim retry", &st.permit_claim_retry),
             ("pool wait", &st.pool_wait),
             ("pool raise", &st.pool_raise),
             ("pool status", &st.pool_status),

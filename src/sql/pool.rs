@@ -35,8 +35,9 @@ SELECT count(*) FROM ins";
 ///    already holds (the statement is being repeated because its answer
 ///    was lost with its connection: the item is claimed again with a new
 ///    token);
-/// 2. `sticky`: a released or expired item last held by this holder label
-///    (a restarted worker resumes its own shard);
+/// 2. `sticky` (`STICKY` in place of `{sticky}`), in a pool's claim only:
+///    a released or expired item last held by this holder label (a
+///    restarted worker resumes its own shard);
 /// 3. `free`: the oldest free item, scanning from the pool's free_floor, so
 ///    the index entries of items claimed before are never walked (a
 ///    LATERAL join on the pools row, so that the floor is read once, for
@@ -83,16 +84,8 @@ SELECT count(*) FROM ins";
 /// so a late raise costs a few scanned entries, never an item).
 pub(super) const POOL_CLAIM: &str = "\
 WITH pick AS MATERIALIZED (
-        {retried}SELECT * FROM (
-        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
-         WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
-           AND (owner IS NULL
-                OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
-           AND ($5::int4 IS NULL OR slot < $5)
-         ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) sticky
-        UNION ALL
-        SELECT * FROM (
-        SELECT free.name, free.seq, p.free_floor FROM {s}.pools p CROSS JOIN LATERAL (
+        {retried}{sticky}SELECT * FROM (
+        SELECT free.name, free.seq, p.free_floor AS floor FROM {s}.pools p CROSS JOIN LATERAL (
         SELECT name, seq FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done
            AND seq >= p.free_floor
@@ -128,6 +121,21 @@ SELECT * FROM (
            AND coalesce(owner = $2, false)
            AND ($5::int4 IS NULL OR slot < $5)
          ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) retried
+        UNION ALL
+        ";
+
+/// The sticky probe of [`POOL_CLAIM`], in place of `{sticky}` in a pool's
+/// claim; a semaphore's claim leaves it out (its permits are all alike, so
+/// there is nothing of its own for a holder to resume, and the probe would
+/// cost every claim an index descent).
+pub(super) const STICKY: &str = "\
+SELECT * FROM (
+        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
+         WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
+           AND (owner IS NULL
+                OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
+           AND ($5::int4 IS NULL OR slot < $5)
+         ORDER BY holder LIMIT 1 FOR UPDATE SKIP LOCKED) sticky
         UNION ALL
         ";
 
