@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::key::{quote_schema, validate_name};
 use crate::lease::handoff::Queues;
 use crate::lease::keepalive::KeepAlive;
+use crate::pool::resume::Resume;
 use crate::session::{Limits, Pooler};
 
 /// The handle to pglock: advisory locks, leases, pools and semaphores on one
@@ -48,6 +49,8 @@ struct Inner {
     keepalive: KeepAlive,
     /// Waiters of this handle that a release hands a lease to.
     handoffs: Arc<Queues>,
+    /// When this handle's pool claims may leave out the sticky probe.
+    resume: Resume,
     /// Semaphores (name, permits) whose permits this handle has ensured.
     semaphores: Mutex<HashSet<(String, u32)>>,
     /// The shared advisory sessions, with
@@ -167,6 +170,10 @@ impl Locks {
 
     pub(crate) fn keepalive(&self) -> &KeepAlive {
         &self.inner.keepalive
+    }
+
+    pub(crate) fn resume(&self) -> &Resume {
+        &self.inner.resume
     }
 
     pub(crate) fn handoffs(&self) -> &Arc<Queues> {
@@ -377,6 +384,7 @@ impl LocksBuilder {
                 holder,
                 keepalive: KeepAlive::default(),
                 handoffs: Arc::default(),
+                resume: Resume::default(),
                 semaphores: Mutex::default(),
                 mux: (self.advisory_sessions > 0).then(|| Mux::new(self.advisory_sessions)),
             }),

@@ -33,6 +33,15 @@
 //! the oldest free item; the item whose lease expired first. (A
 //! semaphore's claim skips the first: its permits are all alike.)
 //!
+//! The sticky look costs every claim an index descent, and a worker that
+//! completes what it claims never has anything to resume. So after a claim
+//! whose sticky look found nothing, the same [`Locks`] handle leaves it
+//! out of its claims of that pool under that label for a second, unless it
+//! releases, drops or orphans an item of the pool meanwhile. An item it
+//! released is resumed by its next claim; one left to expire (by an
+//! earlier process of the same label, or lost) at most a second after it
+//! can be claimed. Others take an expired item only when nothing is free.
+//!
 //! # Speed with a million items
 //!
 //! Each claim path walks a partial index of the rows it wants. The free path
@@ -62,6 +71,7 @@ use crate::locks::Locks;
 use crate::wait::{self, Look, payload};
 
 mod floor;
+pub(crate) mod resume;
 
 /// A named set of items to claim; see [`Locks::lease_pool`].
 #[derive(Debug, Clone)]
@@ -370,10 +380,16 @@ async fn claim_look(
     let (up, uh) = (pool.clone(), holder.clone());
     let wake = payload(&db.schema, &scope.free_topic(""));
     let sent = Instant::now();
-    // A semaphore's claim has no sticky probe: its permits are all alike.
-    let (claim, again): (Pick, Pick) = match scope {
-        Scope::Permit { .. } => (|s| &s.permit_claim, |s| &s.permit_claim_retry),
-        _ => (|s| &s.pool_claim, |s| &s.pool_claim_retry),
+    // The sticky probe: never for a semaphore (its permits are all alike),
+    // and for a pool not while this handle knows it has nothing to resume
+    // there (see `resume`).
+    let resume = locks.resume();
+    let epoch = resume.epoch();
+    let sticky = matches!(scope, Scope::Item { .. }) && !resume.may_skip(&pool, &holder);
+    let (claim, again): (Pick, Pick) = if sticky {
+        (|s| &s.pool_claim, |s| &s.pool_claim_retry)
+    } else {
+        (|s| &s.pool_claim_plain, |s| &s.pool_claim_plain_retry)
     };
     let row = db
         .take(
@@ -391,6 +407,9 @@ async fn claim_look(
             move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
         )
         .await?;
+    if sticky && !matches!(&row, Some(r) if r.try_get::<bool, _>("resumed")?) {
+        resume.found_nothing(&pool, &holder, epoch);
+    }
     if let Some(row) = row {
         if row.try_get::<Option<bool>, _>("raise")? == Some(true) {
             floor::raise(db, &pool);

@@ -442,6 +442,62 @@ async fn a_pool_never_added_to_is_not_found_not_drained() {
 }
 
 #[tokio::test]
+async fn an_item_an_earlier_process_of_the_label_left_to_expire_is_resumed() {
+    let t = db().await;
+    let name = pool_name();
+    t.locks
+        .lease_pool(&name)
+        .add((0..200).map(|i| format!("shard-{i}")))
+        .await
+        .unwrap();
+    // The running worker completes what it claims, so it has nothing to
+    // resume and leaves the sticky probe out for a while.
+    let running = t.other("worker-1");
+    let first = running
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    first.complete().await.unwrap();
+    // An earlier process of the same label left an item to expire.
+    let earlier = t.other("worker-1");
+    let left = earlier
+        .lease_pool(&name)
+        .claim()
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let mine = left.name().to_owned();
+    left.orphan();
+    exec(&t, format!("UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 s' WHERE pool = '{name}' AND name = '{mine}'", t.schema)).await;
+    // The running worker gets it back once the skip is over (nobody else
+    // takes an expired item while free ones remain).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = running
+            .lease_pool(&name)
+            .claim()
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap();
+        let resumed = got.name() == mine;
+        got.complete().await.unwrap();
+        if resumed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired item of the label was never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn claims_use_index_paths_not_scans() {
     let t = db().await;
     let name = pool_name();
@@ -477,8 +533,8 @@ async fn claims_use_index_paths_not_scans() {
     for (label, sql) in [
         ("claim", &st.pool_claim),
         ("retry", &st.pool_claim_retry),
-        ("permit", &st.permit_claim),
-        ("permit_retry", &st.permit_claim_retry),
+        ("permit", &st.pool_claim_plain),
+        ("permit_retry", &st.pool_claim_plain_retry),
         ("wait", &st.pool_wait),
         ("raise", &st.pool_raise),
     ] {
@@ -539,7 +595,8 @@ async fn claims_use_index_paths_not_scans() {
         for (plan, probes) in [
             (&claim, &["sticky", "free", "expired"][..]),
             (&retry, &["retried", "sticky", "free", "expired"][..]),
-            // A semaphore's claim has no sticky probe.
+            // The plain claim (a semaphore's, or a pool's with nothing to
+            // resume) has no sticky probe.
             (&permit, &["free", "expired"][..]),
             (&permit_retry, &["retried", "free", "expired"][..]),
         ] {
@@ -1087,7 +1144,7 @@ async fn a_claim_takes_one_item_however_hot_a_small_pool_is() {
         // Half with the semaphore's claim, half with a pool's (a small
         // pool's claims get the same plans).
         let claim = match w % 2 {
-            0 => st.permit_claim.clone(),
+            0 => st.pool_claim_plain.clone(),
             _ => st.pool_claim.clone(),
         };
         let release = st.item_release.clone();

@@ -342,7 +342,7 @@ async fn semaphore(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     }
     let sql = locks.__statements();
     let c = conns(ctx, tasks).await;
-    let (claim_sql, release_sql) = (sql.permit_claim.clone(), sql.item_release.clone());
+    let (claim_sql, release_sql) = (sql.pool_claim_plain.clone(), sql.item_release.clone());
     let raise_sql = sql.pool_raise.clone();
     let schema = locks.schema().to_owned();
     let raw = move |t: usize, _| {

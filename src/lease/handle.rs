@@ -307,7 +307,21 @@ impl LeaseRef {
                     None => self.finish(&sql.lease_release, true).await,
                 }
             }
-            Scope::Item { .. } | Scope::Permit { .. } => self.finish(&sql.item_release, true).await,
+            Scope::Item { .. } => {
+                let out = self.finish(&sql.item_release, true).await;
+                self.may_be_resumed();
+                out
+            }
+            Scope::Permit { .. } => self.finish(&sql.item_release, true).await,
+        }
+    }
+
+    /// A pool item that may be there to resume under its holder label
+    /// (released, dropped, orphaned, or an outcome unknown): this handle's
+    /// next claim of the pool runs its sticky probe.
+    pub(super) fn may_be_resumed(&self) {
+        if let Scope::Item { pool } = &self.shared.id.scope {
+            self.locks.resume().forget(pool, &self.shared.holder);
         }
     }
 

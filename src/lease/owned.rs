@@ -163,7 +163,7 @@ macro_rules! owned_lease {
             /// Stops renewing and forgets it without releasing it: it stays
             /// held until its TTL runs out (crash-like hand-over).
             pub fn orphan(mut self) {
-                self.owned.finish();
+                self.owned.finish().may_be_resumed();
             }
         }
     };
@@ -244,7 +244,11 @@ impl PoolLease {
     /// [`Error::Database`](crate::Error::Database).
     pub async fn complete(mut self) -> Result<()> {
         let handle = self.owned.finish();
-        handle.finish(&handle.db().sql.item_complete, false).await
+        let out = handle.finish(&handle.db().sql.item_complete, false).await;
+        if out.is_err() {
+            handle.may_be_resumed();
+        }
+        out
     }
 
     /// Marks the item done for good inside the caller's transaction,
@@ -261,6 +265,8 @@ impl PoolLease {
     pub async fn complete_in(mut self, conn: &mut PgConnection) -> Result<()> {
         in_transaction(conn, "complete_in")?;
         let handle = self.owned.finish();
+        // Whether it completes is up to the caller's commit.
+        handle.may_be_resumed();
         let (db, s) = (handle.db(), &handle.shared);
         let row = handle
             .bind_row(db.query(&db.sql.item_complete))

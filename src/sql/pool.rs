@@ -85,7 +85,7 @@ SELECT count(*) FROM ins";
 pub(super) const POOL_CLAIM: &str = "\
 WITH pick AS MATERIALIZED (
         {retried}{sticky}SELECT * FROM (
-        SELECT free.name, free.seq, p.free_floor AS floor FROM {s}.pools p CROSS JOIN LATERAL (
+        SELECT free.name, free.seq, p.free_floor AS floor, false AS resumed FROM {s}.pools p CROSS JOIN LATERAL (
         SELECT name, seq FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NULL AND NOT done
            AND seq >= p.free_floor
@@ -94,7 +94,7 @@ WITH pick AS MATERIALIZED (
          WHERE p.name = $1) f
         UNION ALL
         SELECT * FROM (
-        SELECT name, NULL::int8, NULL::int8 FROM {s}.leases
+        SELECT name, NULL::int8, NULL::int8, false FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND owner IS NOT NULL AND NOT done
            AND expires_at <= clock_timestamp()
            AND expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp()
@@ -110,13 +110,13 @@ UPDATE {s}.leases AS l
   FROM pick
  WHERE l.pool = $1 AND l.name = pick.name
 RETURNING l.name, l.token, l.expires_at, l.data,
-          pick.seq > pick.floor + 32 AS raise";
+          pick.seq > pick.floor + 32 AS raise, pick.resumed";
 
 /// The first probe of the repeat form of [`POOL_CLAIM`], in place of
 /// `{retried}`: a repeated claim takes back an item its owner already holds.
 pub(super) const RETRIED: &str = "\
 SELECT * FROM (
-        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
+        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor, true AS resumed FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
            AND coalesce(owner = $2, false)
            AND ($5::int4 IS NULL OR slot < $5)
@@ -130,7 +130,7 @@ SELECT * FROM (
 /// cost every claim an index descent).
 pub(super) const STICKY: &str = "\
 SELECT * FROM (
-        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor FROM {s}.leases
+        SELECT name, NULL::int8 AS seq, NULL::int8 AS floor, true AS resumed FROM {s}.leases
          WHERE pool = $1 AND pool <> '' AND holder >= $3 AND holder <= $3 AND NOT done
            AND (owner IS NULL
                 OR expires_at + coalesce(delay_ms, 0) * interval '1 ms' <= clock_timestamp())
