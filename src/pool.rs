@@ -56,6 +56,7 @@
 //! could not end. [`Claim::try_acquire`] returns `Ok(None)` then, as on
 //! contention; [`LeasePool::status`] tells the two apart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{FromRow, Row};
@@ -372,13 +373,17 @@ async fn claim_look(
     max_slot: Option<i32>,
 ) -> Result<Look<Shared>> {
     let db = locks.db();
-    let owner = Uuid::new_v4();
     let holder = terms.holder(locks);
     let pool = scope.pool_column().to_owned();
-    let (p, h, ttl_ms) = (pool.clone(), holder.clone(), terms.ttl_ms());
-    let delay_ms = terms.delay_ms();
-    let (up, uh) = (pool.clone(), holder.clone());
-    let wake = payload(&db.schema, &scope.free_topic(""));
+    let args = Arc::new(ClaimArgs {
+        pool: pool.clone(),
+        owner: Uuid::new_v4(),
+        holder: holder.clone(),
+        ttl_ms: terms.ttl_ms(),
+        max_slot,
+        delay_ms: terms.delay_ms(),
+        wake: payload(&db.schema, &scope.free_topic("")),
+    });
     let sent = Instant::now();
     // The sticky probe: never for a semaphore (its permits are all alike),
     // and for a pool not while this handle knows it has nothing to resume
@@ -386,36 +391,27 @@ async fn claim_look(
     let resume = locks.resume();
     let epoch = resume.epoch();
     let sticky = matches!(scope, Scope::Item { .. }) && !resume.may_skip(&pool, &holder);
-    let (claim, again): (Pick, Pick) = if sticky {
+    let forms: (Pick, Pick) = if sticky {
         (|s| &s.pool_claim, |s| &s.pool_claim_retry)
     } else {
         (|s| &s.pool_claim_plain, |s| &s.pool_claim_plain_retry)
     };
-    let row = db
-        .take(
-            claim,
-            Repeat::As(again),
-            move |q| {
-                q.bind(&p)
-                    .bind(owner)
-                    .bind(&h)
-                    .bind(ttl_ms)
-                    .bind(max_slot)
-                    .bind(delay_ms)
-            },
-            |s| &s.item_abandon,
-            move |q| q.bind(&up).bind(&uh).bind(owner).bind(&wake),
-        )
-        .await?;
+    let mut row = send_claim(db, forms, &args).await?;
     if sticky && !matches!(&row, Some(r) if r.try_get::<bool, _>("resumed")?) {
         resume.found_nothing(&pool, &holder, epoch);
+    }
+    if row.is_none() {
+        // Nothing free: take over an expired item, in a statement of its
+        // own so that the claim's plan stays small.
+        let forms: (Pick, Pick) = (|s| &s.pool_takeover, |s| &s.pool_takeover_retry);
+        row = send_claim(db, forms, &args).await?;
     }
     if let Some(row) = row {
         if row.try_get::<Option<bool>, _>("raise")? == Some(true) {
             floor::raise(db, &pool);
         }
         let name = row.try_get("name")?;
-        let shared = Shared::taken(&row, scope.clone(), name, owner, holder, terms, sent)?;
+        let shared = Shared::taken(&row, scope.clone(), name, args.owner, holder, terms, sent)?;
         return Ok(Look::Done(shared));
     }
     // Nothing claimed: ask why, in a statement of its own (a later snapshot
@@ -444,4 +440,43 @@ async fn claim_look(
     Ok(Look::Again(ms.map_or(Duration::from_millis(100), |ms| {
         Duration::from_secs_f64(ms / 1000.0)
     })))
+}
+
+/// The parameters of one look's claim statements.
+struct ClaimArgs {
+    pool: String,
+    /// Fresh for each look: the claim and the takeover after it share it.
+    owner: Uuid,
+    holder: String,
+    ttl_ms: i64,
+    max_slot: Option<i32>,
+    delay_ms: Option<i64>,
+    /// The pool's wake-up payload, for the give-back.
+    wake: String,
+}
+
+/// Sends one form of the claim (`claim`, repeated as `again`) through
+/// [`Db::take`]: if the caller goes away first, or the outcome is unknown,
+/// what it took for `args.owner` is given back, after it.
+async fn send_claim(
+    db: &Arc<Db>,
+    (claim, again): (Pick, Pick),
+    args: &Arc<ClaimArgs>,
+) -> Result<Option<sqlx::postgres::PgRow>> {
+    let (a, u) = (args.clone(), args.clone());
+    db.take(
+        claim,
+        Repeat::As(again),
+        move |q| {
+            q.bind(&a.pool)
+                .bind(a.owner)
+                .bind(&a.holder)
+                .bind(a.ttl_ms)
+                .bind(a.max_slot)
+                .bind(a.delay_ms)
+        },
+        |s| &s.item_abandon,
+        move |q| q.bind(&u.pool).bind(&u.holder).bind(u.owner).bind(&u.wake),
+    )
+    .await
 }

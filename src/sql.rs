@@ -20,7 +20,10 @@ use lease::{
     LEASE_RELEASE_REQUESTED, LEASE_RENEW, LEASE_REQUEST_RELEASE, LEASE_SET_DATA, SET_FENCE,
     WAIT_MARK, WAIT_UNMARK,
 };
-use pool::{POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_RAISE, POOL_STATUS, POOL_WAIT, RETRIED, STICKY};
+use pool::{
+    EXPIRED, FREE, POOL_ADD, POOL_CLAIM, POOL_ITEMS, POOL_RAISE, POOL_STATUS, POOL_WAIT, RETRIED,
+    STICKY,
+};
 
 /// The NOTIFY channel of every pglock schema on a database. Payloads are
 /// `<schema>:<name>`; a waiter on `<name>` wakes, looks at the row, and goes
@@ -77,6 +80,8 @@ pub struct Statements {
     pub pool_claim_retry: String,
     pub pool_claim_plain: String,
     pub pool_claim_plain_retry: String,
+    pub pool_takeover: String,
+    pub pool_takeover_retry: String,
     pub pool_wait: String,
     pub pool_raise: String,
     pub pool_status: String,
@@ -91,11 +96,7 @@ pub struct Statements {
 impl Statements {
     pub(crate) fn new(quoted_schema: &str) -> Self {
         let s = |template: &str| template.replace("{s}", quoted_schema);
-        let claim = |retried: &str, sticky: &str| {
-            POOL_CLAIM
-                .replace("{retried}", retried)
-                .replace("{sticky}", sticky)
-        };
+        let claim = |probes: &[&str]| POOL_CLAIM.replace("{probes}", &probes.concat());
         Statements {
             lease_acquire: s(LEASE_ACQUIRE),
             lease_renew: s(LEASE_RENEW),
@@ -115,10 +116,12 @@ impl Statements {
             lease_list: s(LEASE_LIST),
             lease_get: s(LEASE_GET),
             pool_add: s(POOL_ADD),
-            pool_claim: s(&claim("", STICKY)),
-            pool_claim_retry: s(&claim(RETRIED, STICKY)),
-            pool_claim_plain: s(&claim("", "")),
-            pool_claim_plain_retry: s(&claim(RETRIED, "")),
+            pool_claim: s(&claim(&[STICKY, FREE])),
+            pool_claim_retry: s(&claim(&[RETRIED, STICKY, FREE])),
+            pool_claim_plain: s(&claim(&[FREE])),
+            pool_claim_plain_retry: s(&claim(&[RETRIED, FREE])),
+            pool_takeover: s(&claim(&[EXPIRED])),
+            pool_takeover_retry: s(&claim(&[RETRIED, EXPIRED])),
             pool_wait: s(POOL_WAIT),
             pool_raise: s(POOL_RAISE),
             pool_status: s(POOL_STATUS),
@@ -196,6 +199,8 @@ mod tests {
             ("pool claim retry", &st.pool_claim_retry),
             ("plain claim", &st.pool_claim_plain),
             ("plain claim retry", &st.pool_claim_plain_retry),
+            ("takeover", &st.pool_takeover),
+            ("takeover retry", &st.pool_takeover_retry),
             ("pool wait", &st.pool_wait),
             ("pool raise", &st.pool_raise),
             ("pool status", &st.pool_status),

@@ -159,7 +159,7 @@ async fn an_expired_pool_item_is_delayed_a_released_one_is_not() {
             .is_none()
     );
     let claimed = sqlx::query(sqlx::AssertSqlSafe(
-        t.locks.__statements().pool_claim.clone(),
+        t.locks.__statements().pool_takeover.clone(),
     ))
     .bind(&pool_name)
     .bind(uuid::Uuid::new_v4())

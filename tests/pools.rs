@@ -530,14 +530,36 @@ async fn claims_use_index_paths_not_scans() {
     exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
     let st = t.locks.__statements();
     let mut conn = t.pool.acquire().await.unwrap();
-    for (label, sql) in [
-        ("claim", &st.pool_claim),
-        ("retry", &st.pool_claim_retry),
-        ("permit", &st.pool_claim_plain),
-        ("permit_retry", &st.pool_claim_plain_retry),
-        ("wait", &st.pool_wait),
-        ("raise", &st.pool_raise),
-    ] {
+    // Each form of the claim: its label, statement, `$5`, and its probes
+    // in order. The plain claim (a semaphore's, or a pool's with nothing
+    // to resume) has no sticky probe; the takeover only the expired one.
+    let claims = [
+        ("claim", &st.pool_claim, "NULL", &["sticky", "free"][..]),
+        (
+            "retry",
+            &st.pool_claim_retry,
+            "NULL",
+            &["retried", "sticky", "free"],
+        ),
+        ("plain", &st.pool_claim_plain, "64", &["free"]),
+        (
+            "plain_retry",
+            &st.pool_claim_plain_retry,
+            "64",
+            &["retried", "free"],
+        ),
+        ("takeover", &st.pool_takeover, "NULL", &["expired"]),
+        (
+            "takeover_retry",
+            &st.pool_takeover_retry,
+            "NULL",
+            &["retried", "expired"],
+        ),
+    ];
+    for (label, sql, _, _) in &claims {
+        exec_on(&mut conn, format!("PREPARE {label} AS {sql}")).await;
+    }
+    for (label, sql) in [("wait", &st.pool_wait), ("raise", &st.pool_raise)] {
         exec_on(&mut conn, format!("PREPARE {label} AS {sql}")).await;
     }
     let owner = uuid::Uuid::new_v4();
@@ -551,84 +573,51 @@ async fn claims_use_index_paths_not_scans() {
                     .unwrap();
             plan.join("\n")
         };
-        let claim = explain(
-            &mut conn,
-            format!("EXECUTE claim('{name}', '{owner}', 'w', 30000, NULL, NULL)"),
-        )
-        .await;
-        let retry = explain(
-            &mut conn,
-            format!("EXECUTE retry('{name}', '{owner}', 'w', 30000, NULL, NULL)"),
-        )
-        .await;
-        let permit = explain(
-            &mut conn,
-            format!("EXECUTE permit('{name}', '{owner}', 'w', 30000, 64, NULL)"),
-        )
-        .await;
-        let permit_retry = explain(
-            &mut conn,
-            format!("EXECUTE permit_retry('{name}', '{owner}', 'w', 30000, 64, NULL)"),
-        )
-        .await;
         let wait = explain(&mut conn, format!("EXECUTE wait('{name}', NULL)")).await;
         let raise = explain(&mut conn, format!("EXECUTE raise('{name}')")).await;
-        for (label, plan) in [
-            ("claim", &claim),
-            ("retry", &retry),
-            ("permit", &permit),
-            ("permit retry", &permit_retry),
-            ("wait", &wait),
-            ("raise", &raise),
-        ] {
-            assert!(
-                !plan.contains("Seq Scan on leases"),
-                "{mode}: the {label} statement scans the table:\n{plan}"
-            );
-            assert!(
-                !plan.contains("Bitmap") && !plan.contains("Sort"),
-                "{mode}: the {label} statement sorts or runs a bitmap scan:\n{plan}"
-            );
-        }
-        // The probes run in order under one LIMIT 1 (an Append stops at the
-        // first that yields a row), and the item is updated by its key.
-        for (plan, probes) in [
-            (&claim, &["sticky", "free", "expired"][..]),
-            (&retry, &["retried", "sticky", "free", "expired"][..]),
-            // The plain claim (a semaphore's, or a pool's with nothing to
-            // resume) has no sticky probe.
-            (&permit, &["free", "expired"][..]),
-            (&permit_retry, &["retried", "free", "expired"][..]),
-        ] {
+        let mut plans = vec![("wait", wait.clone()), ("raise", raise.clone())];
+        for (label, _, slots, probes) in &claims {
+            let call = format!("EXECUTE {label}('{name}', '{owner}', 'w', 30000, {slots}, NULL)");
+            let plan = explain(&mut conn, call).await;
+            plans.push((label, plan.clone()));
+            // The probes run in order under one LIMIT 1 (an Append stops at
+            // the first that yields a row), and the item is updated by its
+            // key.
             let order: Vec<usize> = probes
                 .iter()
                 .map(|p| {
                     plan.find(&format!("Subquery Scan on {p}\n"))
-                        .unwrap_or_else(|| panic!("{mode}: no probe {p}:\n{plan}"))
+                        .unwrap_or_else(|| panic!("{mode}: {label}: no probe {p}:\n{plan}"))
                 })
                 .collect();
-            assert!(order.is_sorted(), "{mode}: probes out of order:\n{plan}");
-            // `pick` runs once, as a CTE, whatever join the UPDATE gets:
-            // as a subquery that the join re-runs per row of the pool, one
+            assert!(
+                order.is_sorted(),
+                "{mode}: {label}: probes out of order:\n{plan}"
+            );
+            // `pick` runs once, as a CTE, whatever join the UPDATE gets: as
+            // a subquery that the join re-runs per row of the pool, one
             // claim took several items.
             assert!(
                 plan.contains("CTE pick"),
-                "{mode}: the probes are not one materialized pick:\n{plan}"
+                "{mode}: {label}: the probes are not one materialized pick:\n{plan}"
             );
-            let append = plan.find("->  Append").expect("an Append of the probes");
-            assert!(
-                plan[..append].contains("->  Limit"),
-                "{mode}: the probes are not under one LIMIT:\n{plan}"
-            );
+            if probes.len() > 1 {
+                let append = plan.find("->  Append").expect("an Append of the probes");
+                assert!(
+                    plan[..append].contains("->  Limit"),
+                    "{mode}: {label}: the probes are not under one LIMIT:\n{plan}"
+                );
+            }
             // The floor is read once, for the free scan and for `raise`.
+            let free = probes.contains(&"free");
             assert_eq!(
                 plan.matches(" on pools").count(),
-                1,
-                "{mode}: the claim reads the pools row more than once:\n{plan}"
+                usize::from(free),
+                "{mode}: {label}: the pools row is read other than once for the free scan:\n{plan}"
             );
             assert!(
                 plan.contains("Index Scan using leases_pkey on leases l"),
-                "{mode}: the claimed row is not updated by its key:\n{plan}"
+                "{mode}: {label}: the claimed row is not updated by its key:\n{plan}"
             );
             // The holder probes walk the holder's range of leases_sticky in
             // a plain index scan: a bitmap scan never marks the dead index
@@ -640,14 +629,40 @@ async fn claims_use_index_paths_not_scans() {
                     .iter()
                     .filter(|p| ["retried", "sticky"].contains(p))
                     .count(),
-                "{mode}: the holder probes are not plain scans of leases_sticky:\n{plan}"
+                "{mode}: {label}: the holder probes are not plain scans of leases_sticky:\n{plan}"
             );
-            for index in ["leases_free", "leases_held"] {
+            let (index, other) = if free {
+                ("leases_free", "leases_held")
+            } else {
+                ("leases_held", "leases_free")
+            };
+            assert!(
+                plan.contains(&format!("Index Scan using {index}")),
+                "{mode}: {label}: does not use {index}:\n{plan}"
+            );
+            // The claim leaves expired items to the takeover, and the
+            // takeover's scan of held items is bounded by the time.
+            assert!(
+                !plan.contains(other),
+                "{mode}: {label}: uses {other}:\n{plan}"
+            );
+            if !free {
                 assert!(
-                    plan.contains(&format!("Index Scan using {index}")),
-                    "{mode}: the claim does not use {index}:\n{plan}"
+                    plan.lines()
+                        .any(|l| l.contains("Index Cond") && l.contains("expires_at <= now()")),
+                    "{mode}: {label}: the scan of held items is not bounded:\n{plan}"
                 );
             }
+        }
+        for (label, plan) in &plans {
+            assert!(
+                !plan.contains("Seq Scan on leases"),
+                "{mode}: the {label} statement scans the table:\n{plan}"
+            );
+            assert!(
+                !plan.contains("Bitmap") && !plan.contains("Sort"),
+                "{mode}: the {label} statement sorts or runs a bitmap scan:\n{plan}"
+            );
         }
         for index in ["leases_free", "leases_held"] {
             assert!(

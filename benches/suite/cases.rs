@@ -261,7 +261,9 @@ async fn claim(ctx: &mut Ctx, locks: &Locks, tasks: usize) {
     .await;
     let sql = locks.__statements();
     let c = conns(ctx, tasks).await;
-    let (claim_sql, complete_sql) = (sql.pool_claim.clone(), sql.item_complete.clone());
+    // The claim pglock sends while its label has nothing to resume (nearly
+    // always, for a worker that completes what it claims).
+    let (claim_sql, complete_sql) = (sql.pool_claim_plain.clone(), sql.item_complete.clone());
     let raise_sql = sql.pool_raise.clone();
     let name = pool_name.clone();
     let raw = move |t: usize, _| {
