@@ -92,8 +92,11 @@
 //!   passes before the server gives the lease away.
 //!   [`remaining()`](LeaseRef::remaining) is the time to that deadline.
 //! - A claim prefers an item released by, or expired under, the same holder
-//!   label (*sticky resume*); then the oldest free item; then the item that
-//!   expired first. [`Claim::acquire`] returns [`Error::PoolDrained`] when
+//!   label (*sticky resume*); then the oldest free item; then the item
+//!   that expired first. A handle whose claim found nothing of its own to
+//!   resume skips that look in its claims of the pool for a second, unless
+//!   it releases, drops or orphans an item there: an item of its label
+//!   that expires meanwhile is resumed within a second. [`Claim::acquire`] returns [`Error::PoolDrained`] when
 //!   nothing is free or held — every item is done — instead of waiting
 //!   forever.
 //! - Release is idempotent and does not report a lease that merely lapsed;

@@ -30,8 +30,9 @@
 //! wait for each other) that takes, in this order: an item released by, or
 //! expired under, the same holder label (*sticky resume*: a restarted worker
 //! gets its own shard back, with the progress it left in the lease data);
-//! the oldest free item; the item whose lease expired first. (A
-//! semaphore's claim skips the first: its permits are all alike.)
+//! the oldest free item. (A semaphore's claim skips the first: its permits
+//! are all alike.) Only when nothing is free, a second statement takes the
+//! item whose lease expired first.
 //!
 //! The sticky look costs every claim an index descent, and a worker that
 //! completes what it claims never has anything to resume. So after a claim

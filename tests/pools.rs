@@ -23,6 +23,22 @@ async fn exec(t: &TestDb, sql: String) {
         .unwrap();
 }
 
+/// A claim that must find an item now.
+async fn claim_now(locks: &Locks, pool: &str) -> pglock::PoolLease {
+    let item = locks.lease_pool(pool).claim().try_acquire().await.unwrap();
+    item.expect("a claimable item")
+}
+
+/// Makes pool item `item`'s lease expired, as if its holder died.
+async fn expire(t: &TestDb, pool: &str, item: &str) {
+    let sql = format!(
+        "UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 s' \
+          WHERE pool = '{pool}' AND name = '{item}'",
+        t.schema
+    );
+    exec(t, sql).await;
+}
+
 #[tokio::test]
 async fn pool_semaphore_and_rate_limiter_futures_are_send() {
     fn send<T: Send>(_: &T) {}
@@ -226,47 +242,23 @@ async fn sticky_resume_gives_a_holder_its_own_item_back_with_its_progress() {
         .unwrap();
     let w1 = t.other("worker-1");
     let w2 = t.other("worker-2");
-    let first = w1
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim_now(&w1, &name).await;
     let mine = first.name().to_owned();
     first.set_data(json!({"step": 700})).await.unwrap();
     // worker-1 "crashes": its lease is left to expire.
     first.orphan();
-    exec(&t, format!("UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 s' WHERE pool = '{name}' AND name = '{mine}'", t.schema)).await;
+    expire(&t, &name, &mine).await;
     // Another worker prefers a fresh item to worker-1's expired one.
-    let other = w2
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
+    let other = claim_now(&w2, &name).await;
     assert_ne!(other.name(), mine);
     // The restarted worker-1 gets its own shard back, with its progress.
-    let resumed = w1
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
+    let resumed = claim_now(&w1, &name).await;
     assert_eq!(resumed.name(), mine);
     assert_eq!(resumed.data(), Some(json!({"step": 700})));
     // A released item goes back to its last holder first, too.
     let name2 = other.name().to_owned();
     other.release().await.unwrap();
-    let again = w2
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
+    let again = claim_now(&w2, &name).await;
     assert_eq!(again.name(), name2);
     again.release().await.unwrap();
     resumed.release().await.unwrap();
@@ -453,37 +445,17 @@ async fn an_item_an_earlier_process_of_the_label_left_to_expire_is_resumed() {
     // The running worker completes what it claims, so it has nothing to
     // resume and leaves the sticky probe out for a while.
     let running = t.other("worker-1");
-    let first = running
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
-    first.complete().await.unwrap();
+    claim_now(&running, &name).await.complete().await.unwrap();
     // An earlier process of the same label left an item to expire.
-    let earlier = t.other("worker-1");
-    let left = earlier
-        .lease_pool(&name)
-        .claim()
-        .try_acquire()
-        .await
-        .unwrap()
-        .unwrap();
+    let left = claim_now(&t.other("worker-1"), &name).await;
     let mine = left.name().to_owned();
     left.orphan();
-    exec(&t, format!("UPDATE \"{}\".leases SET expires_at = clock_timestamp() - interval '1 s' WHERE pool = '{name}' AND name = '{mine}'", t.schema)).await;
+    expire(&t, &name, &mine).await;
     // The running worker gets it back once the skip is over (nobody else
     // takes an expired item while free ones remain).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let got = running
-            .lease_pool(&name)
-            .claim()
-            .try_acquire()
-            .await
-            .unwrap()
-            .unwrap();
+        let got = claim_now(&running, &name).await;
         let resumed = got.name() == mine;
         got.complete().await.unwrap();
         if resumed {
