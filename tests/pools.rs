@@ -23,6 +23,17 @@ async fn exec(t: &TestDb, sql: String) {
         .unwrap();
 }
 
+/// A new pool of `items` items named `shard-<i>`.
+async fn pool_of(t: &TestDb, items: usize) -> String {
+    let name = pool_name();
+    t.locks
+        .lease_pool(&name)
+        .add((0..items).map(|i| format!("shard-{i}")))
+        .await
+        .unwrap();
+    name
+}
+
 /// A claim that must find an item now.
 async fn claim_now(locks: &Locks, pool: &str) -> pglock::PoolLease {
     let item = locks.lease_pool(pool).claim().try_acquire().await.unwrap();
@@ -234,12 +245,7 @@ async fn a_crashed_claimers_item_returns_after_its_ttl() {
 #[tokio::test]
 async fn sticky_resume_gives_a_holder_its_own_item_back_with_its_progress() {
     let t = db().await;
-    let name = pool_name();
-    t.locks
-        .lease_pool(&name)
-        .add((0..5).map(|i| format!("shard-{i}")))
-        .await
-        .unwrap();
+    let name = pool_of(&t, 5).await;
     let w1 = t.other("worker-1");
     let w2 = t.other("worker-2");
     let first = claim_now(&w1, &name).await;
@@ -436,12 +442,7 @@ async fn a_pool_never_added_to_is_not_found_not_drained() {
 #[tokio::test]
 async fn an_item_an_earlier_process_of_the_label_left_to_expire_is_resumed() {
     let t = db().await;
-    let name = pool_name();
-    t.locks
-        .lease_pool(&name)
-        .add((0..200).map(|i| format!("shard-{i}")))
-        .await
-        .unwrap();
+    let name = pool_of(&t, 200).await;
     // The running worker completes what it claims, so it has nothing to
     // resume and leaves the sticky probe out for a while.
     let running = t.other("worker-1");
@@ -1113,16 +1114,6 @@ async fn a_claim_takes_one_item_however_hot_a_small_pool_is() {
         .add((0..20_000).map(|i| format!("i{i}")))
         .await
         .unwrap();
-    // Every item has a slot below 64, as every permit of a 64-permit
-    // semaphore does, for the semaphore's claim.
-    exec(
-        &t,
-        format!(
-            "UPDATE \"{}\".leases SET slot = seq % 64 WHERE pool = '{name}'",
-            t.schema
-        ),
-    )
-    .await;
     exec(&t, format!("ANALYZE \"{}\".leases", t.schema)).await;
     let st = t.locks.__statements();
     let mut workers = Vec::new();

@@ -60,12 +60,10 @@ async fn claim_look(
     max_slot: Option<i32>,
 ) -> Result<Look<Shared>> {
     let db = locks.db();
-    let holder = terms.holder(locks);
-    let pool = scope.pool_column().to_owned();
     let args = Arc::new(ClaimArgs {
-        pool: pool.clone(),
+        pool: scope.pool_column().to_owned(),
         owner: Uuid::new_v4(),
-        holder: holder.clone(),
+        holder: terms.holder(locks),
         ttl_ms: terms.ttl_ms(),
         max_slot,
         delay_ms: terms.delay_ms(),
@@ -75,9 +73,10 @@ async fn claim_look(
     // The sticky probe: never for a semaphore (its permits are all alike),
     // and for a pool not while this handle knows it has nothing to resume
     // there (see `resume`).
+    let (pool, holder) = (&args.pool, &args.holder);
     let resume = locks.resume();
     let epoch = resume.epoch();
-    let sticky = matches!(scope, Scope::Item { .. }) && !resume.may_skip(&pool, &holder);
+    let sticky = matches!(scope, Scope::Item { .. }) && !resume.may_skip(pool, holder);
     let forms: (Pick, Pick) = if sticky {
         (|s| &s.pool_claim, |s| &s.pool_claim_retry)
     } else {
@@ -85,7 +84,7 @@ async fn claim_look(
     };
     let mut row = send_claim(db, forms, &args).await?;
     if sticky && !matches!(&row, Some(r) if r.try_get::<bool, _>("resumed")?) {
-        resume.found_nothing(&pool, &holder, epoch);
+        resume.found_nothing(pool, holder, epoch);
     }
     if row.is_none() {
         // Nothing free: take over an expired item, in a statement of its
@@ -95,9 +94,10 @@ async fn claim_look(
     }
     if let Some(row) = row {
         if row.try_get::<Option<bool>, _>("raise")? == Some(true) {
-            floor::raise(db, &pool);
+            floor::raise(db, pool);
         }
         let name = row.try_get("name")?;
+        let holder = holder.clone();
         let shared = Shared::taken(&row, scope.clone(), name, args.owner, holder, terms, sent)?;
         return Ok(Look::Done(shared));
     }
@@ -106,16 +106,16 @@ async fn claim_look(
     // either way, look again soon).
     let row = db
         .fetch_one(Repeat::Safe, &db.sql.pool_wait, |q| {
-            q.bind(&pool).bind(max_slot)
+            q.bind(pool).bind(max_slot)
         })
         .await?;
     if !row.try_get::<bool, _>("pool_exists")? {
-        return Err(Error::PoolNotFound { pool });
+        return Err(Error::PoolNotFound { pool: pool.clone() });
     }
     let any_held: bool = row.try_get("any_held")?;
     let free_found: bool = row.try_get("free_found")?;
     if !any_held && !free_found {
-        return Err(Error::PoolDrained { pool });
+        return Err(Error::PoolDrained { pool: pool.clone() });
     }
     if free_found {
         // A concurrent claim holds a free item's row lock (it either takes
